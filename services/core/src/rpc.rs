@@ -1,0 +1,193 @@
+//! Local RPC between the control channel and the services that own state.
+//!
+//! Transport: a Unix stream socket `/run/gwos/<service>.sock`; each request and
+//! each response is one JSON object on one line. The server checks the
+//! caller's uid with SO_PEERCRED before reading anything, so only the uids it
+//! was told to trust (normally control's) may call it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+use tokio::net::UnixListener;
+
+/// Largest request or response line accepted.
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    pub method: String,
+    #[serde(default)]
+    pub params: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub result: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    pub fn ok(result: Value) -> Self {
+        Self { ok: true, result, error: None }
+    }
+    pub fn err(msg: impl Into<String>) -> Self {
+        Self { ok: false, result: Value::Null, error: Some(msg.into()) }
+    }
+}
+
+/// Who is calling, from SO_PEERCRED.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub uid: u32,
+    pub pid: Option<i32>,
+}
+
+/// A synchronous request handler; runs on the blocking pool.
+pub type Handler = Arc<dyn Fn(Request, Peer) -> Response + Send + Sync>;
+
+/// Binds `path` (replacing a stale socket), mode 0660, and serves forever.
+pub async fn serve(path: &Path, allowed_uids: Vec<u32>, handler: Handler) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    let allowed = Arc::new(allowed_uids);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let handler = handler.clone();
+        let allowed = allowed.clone();
+        tokio::spawn(async move {
+            let _ = serve_conn(stream, &allowed, handler).await;
+        });
+    }
+}
+
+async fn serve_conn(stream: tokio::net::UnixStream, allowed: &[u32], handler: Handler) -> Result<()> {
+    let cred = stream.peer_cred()?;
+    let peer = Peer { uid: cred.uid(), pid: cred.pid() };
+    let (rd, mut wr) = stream.into_split();
+    if !allowed.contains(&peer.uid) {
+        let line = serde_json::to_string(&Response::err(format!("uid {} may not call this service", peer.uid)))?;
+        wr.write_all(format!("{line}\n").as_bytes()).await?;
+        return Ok(());
+    }
+    let mut rd = TokioBufReader::new(rd);
+    loop {
+        let mut line = Vec::new();
+        let n = (&mut rd).take(MAX_MESSAGE as u64 + 1).read_until(b'\n', &mut line).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let response = if line.len() > MAX_MESSAGE {
+            Response::err(format!("request larger than {MAX_MESSAGE} bytes"))
+        } else {
+            match serde_json::from_slice::<Request>(&line) {
+                Ok(req) => {
+                    let h = handler.clone();
+                    tokio::task::spawn_blocking(move || h(req, peer))
+                        .await
+                        .unwrap_or_else(|_| Response::err("internal error: handler panicked"))
+                }
+                Err(e) => Response::err(format!("malformed request: {e}")),
+            }
+        };
+        let out = serde_json::to_string(&response)?;
+        wr.write_all(format!("{out}\n").as_bytes()).await?;
+        if line.len() > MAX_MESSAGE {
+            return Ok(());
+        }
+    }
+}
+
+/// Calls `method` on the service socket at `path` (blocking, with a timeout).
+pub fn call(path: &Path, method: &str, params: Value, trace_id: Option<&str>, timeout: Duration) -> Result<Response> {
+    let stream = StdUnixStream::connect(path)
+        .with_context(|| format!("service socket {} unavailable", path.display()))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let req = Request { method: method.into(), params, trace_id: trace_id.map(str::to_owned) };
+    let mut line = serde_json::to_vec(&req)?;
+    line.push(b'\n');
+    (&stream).write_all(&line)?;
+    let mut reader = BufReader::new((&stream).take(MAX_MESSAGE as u64 + 1));
+    let mut buf = Vec::new();
+    reader.read_until(b'\n', &mut buf).context("reading service response")?;
+    anyhow::ensure!(!buf.is_empty(), "service closed the connection without answering");
+    serde_json::from_slice(&buf).context("malformed service response")
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn echo() -> Handler {
+        Arc::new(|req: Request, peer: Peer| Response::ok(json!({"method": req.method, "uid": peer.uid})))
+    }
+
+    #[test]
+    fn call_round_trip_and_uid_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok_path = dir.path().join("ok.sock");
+        let deny_path = dir.path().join("deny.sock");
+        let me = my_uid();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (p1, p2) = (ok_path.clone(), deny_path.clone());
+        rt.spawn(async move { serve(&p1, vec![me], echo()).await });
+        rt.spawn(async move { serve(&p2, vec![me + 1], echo()).await });
+        wait_for(&ok_path);
+        wait_for(&deny_path);
+        let r = call(&ok_path, "health", json!({}), None, Duration::from_secs(5)).unwrap();
+        assert_eq!(r, Response::ok(json!({"method": "health", "uid": me})));
+        let r = call(&deny_path, "health", json!({}), None, Duration::from_secs(5)).unwrap();
+        assert!(!r.ok && r.error.unwrap().contains("may not call"));
+    }
+
+    #[test]
+    fn malformed_request_gets_error_not_hangup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sock");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let p = path.clone();
+        let me = my_uid();
+        rt.spawn(async move { serve(&p, vec![me], echo()).await });
+        wait_for(&path);
+        let s = StdUnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (&s).write_all(b"{nope\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        let r: Response = serde_json::from_str(&line).unwrap();
+        assert!(!r.ok && r.error.unwrap().starts_with("malformed request"));
+    }
+
+    fn my_uid() -> u32 {
+        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap()
+    }
+
+    fn wait_for(p: &Path) {
+        for _ in 0..200 {
+            if p.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("socket {} never appeared", p.display());
+    }
+}
