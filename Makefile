@@ -1,0 +1,64 @@
+# gwos — the front door. See README.md.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := image
+
+TARGET      := x86_64-unknown-linux-gnu
+OUT         := out
+GWOSD       := target/$(TARGET)/release/gwosd
+GWOS        := target/release/gwos
+KERNEL      := $(OUT)/bzImage
+IMAGE_CONFIG ?= image.toml
+# Reproducible by default: the commit time of HEAD, or a fixed epoch outside git.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1700000000)
+export SOURCE_DATE_EPOCH
+export GWOSD_PATH := $(abspath $(GWOSD))
+export GWOSD := $(abspath $(GWOSD))
+export GWOS_BIN := $(abspath $(GWOS))
+export GWOS_OUT := $(abspath $(OUT))
+
+.PHONY: deps kernel gwosd gwos image run test unit-test qemu-test bench fuzz clean
+
+deps:
+	@bash .ci/deps.sh
+
+kernel: deps
+	@kernel-config/build-kernel.sh $(KERNEL)
+
+# The one static gateway binary (PID 1 + every service).
+gwosd:
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked -p gwos-init --target $(TARGET)
+
+# The host tool.
+gwos:
+	cargo build --release --locked -p gwos-image
+
+image: deps kernel gwosd gwos
+	$(GWOS) build --config $(IMAGE_CONFIG) --kernel $(KERNEL) --gwosd $(GWOSD) --out $(OUT)
+
+# Builds the dev image and boots it in QEMU for a person.
+run: image
+	bash qemu-tests/run.sh $(OUT)/gwos.img
+
+# Unit tests + host integration tests (namespaces, real clients), then the QEMU boot suite.
+test: image unit-test qemu-test
+
+unit-test: deps gwosd gwos
+	cargo test --locked --workspace --exclude gwos-qemu-tests -- --test-threads=2
+
+qemu-test: image
+	cargo test --locked -p gwos-qemu-tests -- --test-threads=1
+
+# Side-by-side benchmarks against each service's anchor; writes docs/benchmarks.md.
+bench: image
+	bash benches/run.sh
+
+# Every fuzz target for FUZZ_SECONDS (default 60) each.
+FUZZ_SECONDS ?= 60
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+	cd fuzz && for t in $$(RUSTC_BOOTSTRAP=1 cargo fuzz list); do \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
+
+clean:
+	rm -rf $(OUT) target
