@@ -1,4 +1,110 @@
-fn main() {
-    eprintln!("gwos: not built yet");
-    std::process::exit(1);
+//! `gwos`: the host tool. See the library docs (gwos_image) and docs/build.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "gwos", version, about = "Build and check gwos disk images")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build a signed A/B GPT disk image (out/gwos.img, out/gwos.qcow2, report).
+    Build {
+        /// Image config (default: the embedded default image.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Kernel bzImage.
+        #[arg(long)]
+        kernel: PathBuf,
+        /// Static gwosd binary (PID 1 + services).
+        #[arg(long)]
+        gwosd: PathBuf,
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Cargo workspace to list gwosd's crates from for the SBOM (default: config dir).
+        #[arg(long)]
+        workspace: Option<PathBuf>,
+        /// Skip writing gwos.qcow2.
+        #[arg(long)]
+        no_qcow2: bool,
+    },
+    /// Check an image: manifest signature, every verity hash of root-a, UKI hash.
+    Verify {
+        image: PathBuf,
+        /// Release public key file(s) (hex); default: <image dir>/keys/dev-release.pub.
+        #[arg(long)]
+        key: Vec<PathBuf>,
+    },
+    /// List the files in a slot's root file system.
+    Ls {
+        image: PathBuf,
+        #[arg(default_value = "a")]
+        slot: String,
+    },
+    /// Write a dm-verity hash device (veritysetup format v1 compatible) and print the root hash.
+    VerityFormat {
+        data: PathBuf,
+        hash_out: PathBuf,
+        #[arg(long)]
+        salt: String,
+        #[arg(long, default_value = "00000000-0000-0000-0000-000000000000")]
+        uuid: String,
+    },
+    /// Generate a release key pair: <out> (private, 0600) and <out>.pub.
+    Keygen { out: PathBuf },
+}
+
+fn run() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Build { config, kernel, gwosd, out, workspace, no_qcow2 } => {
+            let b = gwos_image::build::build(&gwos_image::build::Args { config, kernel, gwosd, out, workspace, qcow2: !no_qcow2 })?;
+            println!("image      {}", b.image.display());
+            println!("sha256     {}", b.image_sha256);
+            println!("root hash  {}", b.root_hash);
+            println!("build id   {}", b.build_id);
+        }
+        Cmd::Verify { image, key } => {
+            let keys = gwos_image::verify::keys_for(&image, &key)?;
+            let m = gwos_image::verify::verify(&image, &keys)?;
+            println!("OK: {} verified (version {} / {}, build {}, root hash {}, {} data blocks, UKI sha256 {})", image.display(), m.version_id, m.version, m.build_id, m.root_hash, m.data_blocks, m.uki_sha256);
+        }
+        Cmd::Ls { image, slot } => {
+            for (path, kind, mode, size) in gwos_image::verify::ls(&image, &slot)? {
+                println!("{kind} {mode:04o} {size:>10} {path}");
+            }
+        }
+        Cmd::VerityFormat { data, hash_out, salt, uuid } => {
+            let salt = hex::decode(&salt).context("--salt must be hex")?;
+            let uuid = uuid::Uuid::parse_str(&uuid).context("--uuid")?;
+            let f = std::fs::File::open(&data).with_context(|| format!("opening {}", data.display()))?;
+            let len = f.metadata()?.len();
+            anyhow::ensure!(len % 4096 == 0 && len > 0, "data size {len} is not a non-zero multiple of 4096");
+            let t = gwos_image::verity::build(std::io::BufReader::with_capacity(1 << 20, f), len / 4096, &salt, uuid.as_bytes())?;
+            std::fs::write(&hash_out, &t.hash_area)?;
+            println!("Root hash: {}", hex::encode(t.root_hash));
+        }
+        Cmd::Keygen { out } => {
+            let k = gwos_signing::ReleaseKey::generate();
+            k.save(&out)?;
+            println!("wrote {} (private, 0600) and {} (key id {})", out.display(), out.with_extension("pub").display(), k.public().id_hex());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gwos: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -67,8 +67,38 @@ pub fn section<'a>(b: &'a [u8], name: &str) -> Result<&'a [u8]> {
     b.get(s.raw_ptr as usize..s.raw_ptr as usize + len).with_context(|| format!("UKI section {name} out of file bounds"))
 }
 
+/// PE image checksum (as in imagehlp's CheckSumMappedFile): 16-bit one's
+/// complement style sum of the file with the checksum field skipped, plus the length.
+pub fn pe_checksum(b: &[u8], csum_off: usize) -> u32 {
+    let mut sum: u64 = 0;
+    for (i, c) in b.chunks(2).enumerate() {
+        let off = i * 2;
+        if off == csum_off || off == csum_off + 2 {
+            continue;
+        }
+        let w = if c.len() == 2 { u16::from_le_bytes([c[0], c[1]]) } else { c[0] as u16 };
+        sum += w as u64;
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    (sum as u32).wrapping_add(b.len() as u32)
+}
+
+/// objcopy stamps the PE header with the current time; set it to `epoch`
+/// and fix the checksum so the UKI is reproducible.
+pub fn set_timestamp(b: &mut [u8], epoch: u32) -> Result<()> {
+    let pe = u32_at(b, 0x3c)? as usize;
+    ensure!(b.get(pe..pe + 4) == Some(b"PE\0\0"), "not a PE file");
+    b[pe + 8..pe + 12].copy_from_slice(&epoch.to_le_bytes());
+    let csum_off = pe + 24 + 64;
+    let c = pe_checksum(b, csum_off);
+    b[csum_off..csum_off + 4].copy_from_slice(&c.to_le_bytes());
+    Ok(())
+}
+
 /// Builds the UKI at `out`. `work` is a scratch directory.
-pub fn build(stub: &Path, kernel: &Path, initrd: &Path, cmdline: &str, osrel: &str, work: &Path, out: &Path) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+pub fn build(stub: &Path, kernel: &Path, initrd: &Path, cmdline: &str, osrel: &str, epoch: u64, work: &Path, out: &Path) -> Result<()> {
     let stub_bytes = std::fs::read(stub)
         .with_context(|| format!("reading EFI stub {} (Debian package systemd-boot-efi)", stub.display()))?;
     let (base, _align, secs) = pe_sections(&stub_bytes).context("parsing the EFI stub")?;
@@ -92,7 +122,9 @@ pub fn build(stub: &Path, kernel: &Path, initrd: &Path, cmdline: &str, osrel: &s
     args.push(out.into());
     let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     tools::run("objcopy", &refs)?;
-    let built = std::fs::read(out)?;
+    let mut built = std::fs::read(out)?;
+    set_timestamp(&mut built, epoch as u32)?;
+    std::fs::write(out, &built)?;
     let got = section(&built, ".cmdline")?;
     if got != cmdline.as_bytes() {
         bail!("objcopy produced a UKI whose .cmdline does not match");
@@ -116,7 +148,7 @@ mod tests {
         std::fs::write(&k, vec![0x4b; 10000]).unwrap();
         std::fs::write(&i, vec![0x49; 5000]).unwrap();
         let out = dir.path().join("uki.efi");
-        build(stub, &k, &i, "console=ttyS0 gwos.slot=a", "NAME=gwos\n", dir.path(), &out).unwrap();
+        build(stub, &k, &i, "console=ttyS0 gwos.slot=a", "NAME=gwos\n", 1_700_000_000, dir.path(), &out).unwrap();
         let b = std::fs::read(&out).unwrap();
         assert_eq!(section(&b, ".linux").unwrap(), &vec![0x4b; 10000][..]);
         assert_eq!(section(&b, ".initrd").unwrap(), &vec![0x49; 5000][..]);
@@ -127,8 +159,20 @@ mod tests {
             assert!(w[0].vaddr as u64 + w[0].vsize as u64 <= w[1].vaddr as u64, "{s2:?}");
         }
         // reproducible
+        std::thread::sleep(std::time::Duration::from_millis(1100));
         let out2 = dir.path().join("uki2.efi");
-        build(stub, &k, &i, "console=ttyS0 gwos.slot=a", "NAME=gwos\n", dir.path(), &out2).unwrap();
-        assert_eq!(std::fs::read(&out2).unwrap(), b);
+        build(stub, &k, &i, "console=ttyS0 gwos.slot=a", "NAME=gwos\n", 1_700_000_000, dir.path(), &out2).unwrap();
+        assert!(std::fs::read(&out2).unwrap() == b, "UKI not reproducible");
+        let o = std::process::Command::new("objdump").arg("-p").arg(&out).output().unwrap();
+        assert!(String::from_utf8_lossy(&o.stdout).contains("Nov 14"), "timestamp not set");
+    }
+
+    #[test]
+    fn checksum_matches_the_stubs() {
+        // Our checksum routine agrees with the one in Debian's stub.
+        let b = std::fs::read(STUB).unwrap();
+        let pe = u32_at(&b, 0x3c).unwrap() as usize;
+        let off = pe + 24 + 64;
+        assert_eq!(pe_checksum(&b, off), u32_at(&b, off).unwrap());
     }
 }

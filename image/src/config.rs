@@ -1,0 +1,144 @@
+//! `image.toml`: what goes into an image and how big its partitions are.
+//! Every key is optional; the defaults are the ones in the repository's
+//! documented `image.toml` (also embedded here for `gwos build` without
+//! `--config`). Unknown keys are an error.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+pub const DEFAULT_TOML: &str = include_str!("../../image.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub image: Image,
+    #[serde(default)]
+    pub partitions: Partitions,
+    #[serde(default)]
+    pub keys: Keys,
+    /// Copied as it is into /etc/gwos/site.toml (see services/core).
+    #[serde(default)]
+    pub site: toml::Table,
+    /// Directory relative paths are resolved against (the config file's directory).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Image {
+    pub version_id: String,
+    pub version: u64,
+    pub security_floor: u64,
+    pub console: String,
+    pub extra_cmdline: String,
+    pub rootfs_dir: String,
+    pub erofs_compression: String,
+}
+
+impl Default for Image {
+    fn default() -> Self {
+        Image {
+            version_id: "0.1.0".into(),
+            version: 1,
+            security_floor: 1,
+            console: "ttyS0,115200".into(),
+            extra_cmdline: String::new(),
+            rootfs_dir: "rootfs".into(),
+            erofs_compression: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Partitions {
+    pub esp_mib: u64,
+    pub root_mib: u64,
+    pub verity_mib: u64,
+    pub state_mib: u64,
+}
+
+impl Default for Partitions {
+    fn default() -> Self {
+        Partitions { esp_mib: 128, root_mib: 512, verity_mib: 64, state_mib: 256 }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Keys {
+    /// Release private key (hex seed or PKCS#8 PEM, mode 0600). Empty: dev keys in `<out>/keys/`.
+    pub release_private: String,
+    /// Extra release public keys to trust (e.g. the next rotation's key).
+    pub release_public: Vec<String>,
+}
+
+impl Config {
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self> {
+        let mut c: Config = toml::from_str(text).context("image config")?;
+        c.base_dir = base_dir.to_path_buf();
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading image config {}", p.display()))?;
+                let base = p.parent().map(Path::to_path_buf).unwrap_or_default();
+                let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+                Self::parse(&text, &base).with_context(|| format!("in {}", p.display()))
+            }
+            None => Self::parse(DEFAULT_TOML, &std::env::current_dir()?).context("embedded default image.toml"),
+        }
+    }
+
+    pub fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let i = &self.image;
+        if i.version_id.is_empty() || !i.version_id.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c)) {
+            bail!("[image] version_id must be non-empty [A-Za-z0-9._-] (it names the UKI file)");
+        }
+        if i.security_floor > i.version {
+            bail!("[image] security_floor ({}) is above version ({})", i.security_floor, i.version);
+        }
+        if i.console.chars().any(char::is_whitespace) || i.extra_cmdline.contains('\n') {
+            bail!("[image] console must not contain spaces; extra_cmdline must be one line");
+        }
+        if !["", "lz4", "lz4hc"].contains(&i.erofs_compression.as_str()) {
+            bail!("[image] erofs_compression must be \"\", \"lz4\" or \"lz4hc\"");
+        }
+        let p = &self.partitions;
+        if p.esp_mib < 34 {
+            bail!("[partitions] esp_mib must be at least 34 (FAT32 minimum)");
+        }
+        if p.root_mib == 0 || p.verity_mib == 0 || p.state_mib == 0 {
+            bail!("[partitions] sizes must be non-zero");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_parses_and_errors_are_clear() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.partitions.root_mib, 512);
+        assert!(c.keys.release_private.is_empty());
+        let e = format!("{:#}", Config::parse("[image]\nverison = 2\n", Path::new(".")).unwrap_err());
+        assert!(e.contains("verison"), "{e}");
+        let e = format!("{:#}", Config::parse("[partitions]\nesp_mib = 8\n", Path::new(".")).unwrap_err());
+        assert!(e.contains("esp_mib"), "{e}");
+    }
+}
