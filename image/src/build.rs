@@ -238,9 +238,14 @@ pub fn build(a: &Args) -> Result<Built> {
         let mut f = File::create(&tmp)?;
         f.set_len(disk.size())?;
         gpt::write(&mut f, &disk)?;
+        // Writes only non-zero 4 KiB chunks so the image stays sparse.
         let put = |f: &mut File, off: u64, b: &[u8]| -> Result<()> {
-            f.seek(SeekFrom::Start(off))?;
-            f.write_all(b)?;
+            for (i, c) in b.chunks(4096).enumerate() {
+                if c.iter().any(|&x| x != 0) {
+                    f.seek(SeekFrom::Start(off + (i * 4096) as u64))?;
+                    f.write_all(c)?;
+                }
+            }
             Ok(())
         };
         put(&mut f, disk.find("esp")?.offset(), &esp_bytes)?;

@@ -1,6 +1,7 @@
 //! The slot's root file system: `mkfs.erofs` (Debian erofs-utils 1.5) over
 //! the staging tree with a fixed timestamp, fixed UUID, all files owned by
-//! root and no xattrs, so the same tree gives the same bytes. The image is
+//! root, `--ignore-mtime` (else per-file mtime nanoseconds leak into the
+//! inode format) and no xattrs, so the same tree gives the same bytes. The image is
 //! padded to whole 4096-byte blocks for dm-verity.
 
 use std::path::Path;
@@ -15,7 +16,7 @@ pub fn mkfs(staging: &Path, out: &Path, epoch: u64, uuid: Uuid, compression: &st
     let t = format!("-T{epoch}");
     let u = format!("-U{uuid}");
     let z = format!("-z{compression}");
-    let mut args: Vec<&std::ffi::OsStr> = vec![t.as_ref(), u.as_ref(), "--all-root".as_ref(), "-x-1".as_ref()];
+    let mut args: Vec<&std::ffi::OsStr> = vec![t.as_ref(), u.as_ref(), "--all-root".as_ref(), "--ignore-mtime".as_ref(), "-x-1".as_ref()];
     if !compression.is_empty() {
         args.push(z.as_ref());
     }
