@@ -145,7 +145,7 @@ pub fn build(a: &Args) -> Result<Built> {
     let salt = derive(&build_id, "verity-salt");
     let verity_uuid = uuid::Builder::from_random_bytes(derive(&build_id, "verity-uuid")[..16].try_into()?).into_uuid();
     let data_blocks = data_size / 4096;
-    let tree = verity::build(File::open(&erofs_path)?, data_blocks, &salt, verity_uuid.as_bytes())?;
+    let tree = verity::build_file(&File::open(&erofs_path)?, 0, data_blocks, &salt, verity_uuid.as_bytes())?;
     let verity_part = cfg.partitions.verity_mib * MIB;
     ensure!(
         tree.hash_area.len() as u64 + MANIFEST_REGION_SIZE <= verity_part,

@@ -86,7 +86,7 @@ fn run() -> Result<()> {
             let f = std::fs::File::open(&data).with_context(|| format!("opening {}", data.display()))?;
             let len = f.metadata()?.len();
             anyhow::ensure!(len % 4096 == 0 && len > 0, "data size {len} is not a non-zero multiple of 4096");
-            let t = gwos_image::verity::build(std::io::BufReader::with_capacity(1 << 20, f), len / 4096, &salt, uuid.as_bytes())?;
+            let t = gwos_image::verity::build_file(&f, 0, len / 4096, &salt, uuid.as_bytes())?;
             std::fs::write(&hash_out, &t.hash_area)?;
             println!("Root hash: {}", hex::encode(t.root_hash));
         }

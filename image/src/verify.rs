@@ -51,7 +51,7 @@ pub fn verify(image: &Path, keys: &[PublicKey]) -> Result<Manifest> {
     }
 
     let uuid = uuid::Uuid::parse_str(&m.verity_uuid).context("manifest verity_uuid")?;
-    let tree = verity::build(part_reader(&f, &root, m.data_size)?, m.data_blocks, &m.salt_bytes(), uuid.as_bytes())
+    let tree = verity::build_file(&f, root.offset(), m.data_blocks, &m.salt_bytes(), uuid.as_bytes())
         .context("root-a: reading data")?;
     let stored = read_at(&mut f, ver.offset(), m.hash_size)?;
     if tree.hash_area.len() as u64 != m.hash_size {
