@@ -107,12 +107,12 @@ fn header(d: &Disk, primary: bool, entries_crc: u32) -> [u8; 512] {
     h[0..8].copy_from_slice(b"EFI PART");
     h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
     h[12..16].copy_from_slice(&92u32.to_le_bytes());
-    h[24..32].copy_from_slice(&(my as u64).to_le_bytes());
-    h[32..40].copy_from_slice(&(alt as u64).to_le_bytes());
+    h[24..32].copy_from_slice(&my.to_le_bytes());
+    h[32..40].copy_from_slice(&alt.to_le_bytes());
     h[40..48].copy_from_slice(&(2 + ENTRY_SECTORS).to_le_bytes());
     h[48..56].copy_from_slice(&(last - 1 - ENTRY_SECTORS).to_le_bytes());
     h[56..72].copy_from_slice(&d.guid.to_bytes_le());
-    h[72..80].copy_from_slice(&(entries_lba as u64).to_le_bytes());
+    h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
     h[80..84].copy_from_slice(&(ENTRIES as u32).to_le_bytes());
     h[84..88].copy_from_slice(&(ENTRY_SIZE as u32).to_le_bytes());
     h[88..92].copy_from_slice(&entries_crc.to_le_bytes());

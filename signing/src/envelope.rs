@@ -97,6 +97,18 @@ pub fn seal(manifest: &Manifest, key: &ReleaseKey) -> Result<Vec<u8>, Error> {
     Ok(SignedManifest { key_id: key.public().id(), signature, manifest_bytes: bytes }.to_bytes())
 }
 
+/// Signs arbitrary bytes as if they were a manifest (no validation), so the
+/// fuzz target can reach the JSON parser behind a valid signature. Returns
+/// None when the bytes exceed the size limit. Not for production use.
+#[doc(hidden)]
+pub fn sign_raw_for_fuzzing(manifest_bytes: &[u8], key: &ReleaseKey) -> Option<Vec<u8>> {
+    if manifest_bytes.len() > MAX_MANIFEST_LEN {
+        return None;
+    }
+    let signature = key.sign(&signed_message(manifest_bytes));
+    Some(SignedManifest { key_id: key.public().id(), signature, manifest_bytes: manifest_bytes.to_vec() }.to_bytes())
+}
+
 /// Parses and verifies an envelope (or a zero-padded region holding one).
 pub fn open(buf: &[u8], keys: &[PublicKey]) -> Result<Manifest, Error> {
     SignedManifest::parse(buf)?.verify(keys)

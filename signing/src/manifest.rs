@@ -78,7 +78,7 @@ impl Manifest {
         if self.data_blocks == 0 || self.data_blocks.checked_mul(4096) != Some(self.data_size) {
             return f("data_size must equal data_blocks * 4096 and be non-zero");
         }
-        if self.hash_size == 0 || self.hash_size % 4096 != 0 {
+        if self.hash_size == 0 || self.hash_size & 4095 != 0 {
             return f("hash_size must be a non-zero multiple of 4096");
         }
         if self.security_floor > self.version {
