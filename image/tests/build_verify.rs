@@ -128,6 +128,14 @@ fn build_verify_reproduce_and_detect_corruption() {
     let cmdline = std::fs::read_to_string(fx.p("out1/slot-a/cmdline")).unwrap();
     assert!(cmdline.contains(&format!("gwos.roothash={root_hash}")) && cmdline.contains("gwos.slot=a") && cmdline.contains("console=ttyS0,115200"));
 
+    // The initramfs (GNU cpio reads it) has /init, the release key and /dev/console.
+    let list = Command::new("sh").arg("-c").arg(format!("cpio -t --quiet < {}", fx.p("out1/slot-a/initramfs.cpio").display())).output().unwrap();
+    let list = ok(&list);
+    for want in ["init", "dev/console", "newroot", "proc", "sys"] {
+        assert!(list.lines().any(|l| l == want), "{want} not in initramfs: {list}");
+    }
+    assert!(list.lines().any(|l| l.starts_with("etc/gwos/release-keys/") && l.ends_with(".pub")), "{list}");
+
     // The root has gwosd as /sbin/init, the rootfs files, and no shell.
     let ls = ok(&Command::new(GWOS).arg("ls").arg(&img).output().unwrap());
     for want in [" /sbin/init", " /usr/bin/gwosd", " /etc/os-release", " /etc/gwos/site.toml", " /etc/gwos/services.toml", " /proc"] {

@@ -87,6 +87,24 @@ impl fmt::Debug for PublicKey {
     }
 }
 
+/// Loads every `*.pub` in `dir` (e.g. `/etc/gwos/release-keys`), sorted by
+/// file name. An unreadable or malformed key file is an error, not skipped.
+pub fn load_dir(dir: &Path) -> Result<Vec<PublicKey>, Error> {
+    let rd = std::fs::read_dir(dir).map_err(|e| io(dir, e))?;
+    let mut paths = Vec::new();
+    for e in rd {
+        let p = e.map_err(|e| io(dir, e))?.path();
+        if p.extension().is_some_and(|x| x == "pub") {
+            paths.push(p);
+        }
+    }
+    paths.sort();
+    if paths.is_empty() {
+        return Err(Error::Key(format!("no release keys (*.pub) in {}", dir.display())));
+    }
+    paths.iter().map(|p| PublicKey::load(p)).collect()
+}
+
 /// A release private key (host only). Debug output never shows the secret.
 pub struct ReleaseKey(SigningKey);
 
@@ -190,6 +208,22 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = ReleaseKey::load(&p).unwrap_err().to_string();
         assert!(e.contains("0600"), "{e}");
+    }
+
+    #[test]
+    fn load_dir_reads_all_pub_files() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_dir(dir.path()).is_err());
+        let a = ReleaseKey::from_seed(&[1; 32]).public();
+        let b = ReleaseKey::from_seed(&[2; 32]).public();
+        std::fs::write(dir.path().join(format!("{}.pub", a.id_hex())), a.to_file_text()).unwrap();
+        std::fs::write(dir.path().join(format!("{}.pub", b.id_hex())), b.to_file_text()).unwrap();
+        std::fs::write(dir.path().join("README"), "not a key").unwrap();
+        let got = load_dir(dir.path()).unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(got.contains(&a) && got.contains(&b));
+        std::fs::write(dir.path().join("zz.pub"), "garbage").unwrap();
+        assert!(load_dir(dir.path()).is_err());
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //! Stage 1 of init reads that region, calls [`open`] with the release public
 //! keys built into the initramfs, and only then trusts the root hash.
 //! Private keys never enter an image; this crate only reads them on the host.
+//!
+//! Stage 1 in short: `keys = load_dir("/etc/gwos/release-keys")`; read the
+//! last [`MANIFEST_REGION_SIZE`] bytes of the partition labelled
+//! `verity-<slot>`; `m = open(&region, &keys)?`; require
+//! `m.root_hash == gwos.roothash=` from the command line; load
+//! [`Manifest::dm_verity_table`] for `root-<slot>`/`verity-<slot>`.
 
 pub mod envelope;
 pub mod error;
@@ -15,7 +21,7 @@ pub mod manifest;
 
 pub use envelope::{open, seal, SignedManifest, ENVELOPE_HEADER_LEN, MAGIC, MAX_MANIFEST_LEN};
 pub use error::Error;
-pub use keys::{key_id, KeyId, PublicKey, ReleaseKey};
+pub use keys::{key_id, load_dir, KeyId, PublicKey, ReleaseKey};
 pub use manifest::Manifest;
 
 /// Size of the region at the end of each verity partition that holds the

@@ -108,6 +108,20 @@ impl Manifest {
         b
     }
 
+    /// The device-mapper `verity` target line for this slot (what stage 1
+    /// loads with DM_TABLE_LOAD): `<start> <length> verity <params>`, length
+    /// in 512-byte sectors. The hash area starts with the superblock block,
+    /// so the tree begins at hash block 1. Options such as
+    /// `restart_on_corruption` are appended by the caller.
+    pub fn dm_verity_table(&self, data_dev: &str, hash_dev: &str) -> (u64, String) {
+        let salt = if self.salt.is_empty() { "-" } else { self.salt.as_str() };
+        let params = format!(
+            "1 {data_dev} {hash_dev} {} {} {} 1 {} {} {salt}",
+            self.data_block_size, self.hash_block_size, self.data_blocks, self.hash_algorithm, self.root_hash
+        );
+        (self.data_size / 512, params)
+    }
+
     pub fn salt_bytes(&self) -> Vec<u8> {
         hex::decode(&self.salt).unwrap_or_default()
     }
@@ -159,6 +173,13 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         v["extra"] = 1.into();
         assert!(Manifest::from_canonical_bytes(&serde_json::to_vec(&v).unwrap()).is_err());
+    }
+
+    #[test]
+    fn dm_table() {
+        let (sectors, p) = sample().dm_verity_table("/dev/vda2", "/dev/vda3");
+        assert_eq!(sectors, 80);
+        assert_eq!(p, format!("1 /dev/vda2 /dev/vda3 4096 4096 10 1 sha256 {} {}", "bb".repeat(32), "aa".repeat(32)));
     }
 
     #[test]
