@@ -1,6 +1,64 @@
-//! The SSH control channel on tcp/2222: the only way to configure a gateway; allowlisted JSON commands, scoped keys, audited.
+//! The SSH control channel on tcp/2222: the only way to configure a gateway;
+//! allowlisted JSON commands, scoped keys, audited.
+//!
+//! Data flow: backend `ssh -p 2222 gwctl@gw <command> < request.json` →
+//! [`server`] (russh: backend source check at accept, ed25519 public-key auth,
+//! `exec` only) → [`commands`] (scope check, approval, [`request`] validation)
+//! → local RPC to the owning service (`vpn.sock`, `spa.sock`, `init.sock`) or
+//! control's own state (keys, runtime config) → JSON on stdout + exit status.
+//! Every call and every refusal leaves one [`audit`] record (stdout event for
+//! logship/SIEM and `<state_dir>/audit.log` for `pull_logs`).
+//! [`client`] holds the backend-side helpers behind `gwos ctl`.
+
+pub mod approval;
+pub mod audit;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod keys;
+pub mod request;
+pub mod scope;
+pub mod server;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
 
 /// Runs the service until it fails; called by `gwosd run`.
 pub fn run(ctx: gwos_core::ServiceContext) -> anyhow::Result<()> {
-    anyhow::bail!("service {} is not implemented yet", ctx.name)
+    let site: config::ControlConfig = ctx.site.section("control")?;
+    site.validate()?;
+    let host = server::host_key(&ctx.state_dir)?;
+    let host_fp = keys::fingerprint(host.public_key());
+    let keys = keys::KeyStore::load(&site.keys, &ctx.state_dir)?;
+    let runtime: config::RuntimeConfig = gwos_core::state::read_json(&ctx.state_dir.join("runtime.json"))?.unwrap_or_default();
+    let ctl = Arc::new(commands::Control {
+        audit: audit::AuditLog::new(&ctx.state_dir, site.audit_max_bytes),
+        site,
+        state_dir: ctx.state_dir.clone(),
+        run_dir: ctx.run_dir.clone(),
+        keys: Mutex::new(keys),
+        runtime: Mutex::new(runtime),
+        host_fingerprint: host_fp.clone(),
+        started: std::time::Instant::now(),
+        sessions: AtomicUsize::new(0),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&ctl.site.listen)
+            .await
+            .with_context(|| format!("binding {}", ctl.site.listen))?;
+        gwos_core::emit(
+            &gwos_core::Event::new("control", "control.started")
+                .field("listen", listener.local_addr()?.to_string())
+                .field("host_key_fingerprint", host_fp)
+                .field("backend", serde_json::json!(ctl.effective().backend.iter().map(|n| n.to_string()).collect::<Vec<_>>())),
+        );
+        server::serve(ctl, listener, host).await
+    })
 }
