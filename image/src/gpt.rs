@@ -178,6 +178,18 @@ pub fn read<F: Read + Seek>(f: &mut F) -> Result<Disk> {
     f.read_exact(&mut entries)?;
     ensure!(crc32fast::hash(&entries) == le32(&h[88..]), "GPT partition entries CRC32 mismatch");
     let sectors = len / SECTOR;
+    // The backup header (last LBA) must be intact and describe the same entries.
+    let mut b = [0u8; 512];
+    f.seek(SeekFrom::Start((sectors - 1) * SECTOR))?;
+    f.read_exact(&mut b)?;
+    ensure!(&b[0..8] == b"EFI PART", "no backup GPT header at the last LBA (image truncated?)");
+    let mut bc = b;
+    bc[16..20].fill(0);
+    ensure!(crc32fast::hash(&bc[..hsize]) == le32(&b[16..]), "backup GPT header CRC32 mismatch");
+    let mut bentries = vec![0u8; (n * esz) as usize];
+    f.seek(SeekFrom::Start(le64(&b[72..]).saturating_mul(SECTOR)))?;
+    f.read_exact(&mut bentries).context("reading backup GPT entries")?;
+    ensure!(bentries == entries, "backup GPT partition entries differ from the primary ones");
     let mut parts = Vec::new();
     for e in entries.chunks_exact(esz as usize) {
         if e[..16].iter().all(|&b| b == 0) {
@@ -260,6 +272,15 @@ mod tests {
         bad[1024 + 60] ^= 1;
         let e = read(&mut std::io::Cursor::new(bad)).unwrap_err().to_string();
         assert!(e.contains("entries CRC32"), "{e}");
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - 512 + 60] ^= 1;
+        let e = read(&mut std::io::Cursor::new(bad)).unwrap_err().to_string();
+        assert!(e.contains("backup GPT header"), "{e}");
+        let mut bad = good.clone();
+        bad[n - 33 * 512 + 70] ^= 1;
+        let e = read(&mut std::io::Cursor::new(bad)).unwrap_err().to_string();
+        assert!(e.contains("backup GPT partition entries"), "{e}");
         // deterministic
         let mut again = std::io::Cursor::new(vec![0u8; d.size() as usize]);
         write(&mut again, &sample()).unwrap();
