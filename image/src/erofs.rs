@@ -34,7 +34,7 @@ pub fn mkfs(staging: &Path, out: &Path, epoch: u64, uuid: Uuid, compression: &st
 pub fn image_size(sb_area: &[u8]) -> Result<u64> {
     ensure!(sb_area.len() >= 1024 + 40, "EROFS superblock area too short");
     let sb = &sb_area[1024..];
-    ensure!(sb[0..4] == 0xE0F5_E1E2u32.to_le_bytes(), "no EROFS superblock (is the slot empty?)");
+    ensure!(sb[0..4] == 0xE0F5_E1E2u32.to_le_bytes(), "no EROFS superblock (slot empty?)");
     let bits = sb[12] as u32;
     ensure!((9..=16).contains(&bits), "EROFS block size 2^{bits} unsupported");
     let blocks = u32::from_le_bytes(sb[36..40].try_into()?) as u64;

@@ -142,6 +142,8 @@ fn build_verify_reproduce_and_detect_corruption() {
         assert!(ls.lines().any(|l| l.ends_with(want)), "{want} missing in\n{ls}");
     }
     assert!(!ls.contains("/bin/sh"));
+    let e = fail_text(&Command::new(GWOS).arg("ls").arg(&img).arg("b").output().unwrap());
+    assert!(e.contains("root-b") && e.contains("slot empty"), "{e}");
     // The dev control key is in the site config with scope admin.
     let rep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fx.p("out1/build-report.json")).unwrap()).unwrap();
     assert_eq!(rep["sbom"]["spdxVersion"], "SPDX-2.3");
