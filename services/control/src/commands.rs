@@ -77,8 +77,9 @@ impl Control {
         let mut trace_id = gwos_core::event::new_trace_id();
         let mut arguments = Value::Null;
         let mut key_comment = String::new();
+        let mut approved_by = None;
         let command = sanitize(input.command.trim(), 64);
-        let outcome = self.call_inner(caller, &input, &command, &mut trace_id, &mut arguments, &mut key_comment);
+        let outcome = self.call_inner(caller, &input, &command, &mut trace_id, &mut arguments, &mut key_comment, &mut approved_by);
         let (result, error, fields) = match outcome {
             Outcome::Ok(f) => ("ok", None, f),
             Outcome::Denied(e) => ("denied", Some(e), Map::new()),
@@ -95,6 +96,9 @@ impl Control {
         rec.insert("result".into(), json!(result));
         rec.insert("error".into(), json!(error));
         rec.insert("duration_ms".into(), json!(t0.elapsed().as_secs_f64() * 1000.0));
+        if let Some(a) = approved_by {
+            rec.insert("approved_by".into(), json!(a));
+        }
         if !input.refused_env.is_empty() {
             rec.insert("refused_env".into(), json!(input.refused_env));
         }
@@ -119,6 +123,7 @@ impl Control {
         trace_id: &mut String,
         arguments: &mut Value,
         key_comment: &mut String,
+        approved_by: &mut Option<String>,
     ) -> Outcome {
         let Some(spec) = scope::command(command) else {
             return Outcome::Invalid(format!("unknown command {command:?}; `help` lists the commands this key may call"));
@@ -150,8 +155,9 @@ impl Control {
             ));
         }
         if spec.risky && self.site.require_approval.iter().any(|c| c == spec.name) {
-            if let Err(e) = self.check_approval(&key.fingerprint, spec.name, &env) {
-                return Outcome::Denied(e);
+            match self.check_approval(&key.fingerprint, spec.name, &env) {
+                Ok(approver) => *approved_by = Some(approver),
+                Err(e) => return Outcome::Denied(e),
             }
         }
         let params = match request::validate_params(spec.name, &env.params, now()) {
@@ -165,7 +171,8 @@ impl Control {
         }
     }
 
-    fn check_approval(&self, caller_fp: &str, command: &str, env: &request::Envelope) -> Result<(), String> {
+    /// Returns the approver's fingerprint.
+    fn check_approval(&self, caller_fp: &str, command: &str, env: &request::Envelope) -> Result<String, String> {
         let Some(a) = &env.approval else {
             return Err(format!("{command} needs a second admin key's approval (field \"approval\"); see docs/control.md"));
         };
@@ -181,7 +188,8 @@ impl Control {
         if !approver.scopes.has("admin") {
             return Err(format!("approver key {} does not hold admin", approver.fingerprint));
         }
-        crate::approval::verify(&token, &approver.ed25519, command, &env.params, trace, now())
+        crate::approval::verify(&token, &approver.ed25519, command, &env.params, trace, now())?;
+        Ok(approver.fingerprint)
     }
 
     fn forward(&self, service: &str, method: &str, params: Value, trace_id: &str) -> Result<Value, String> {

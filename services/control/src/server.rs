@@ -174,7 +174,9 @@ impl Conn {
     }
 
     fn refuse_attempt(&mut self, method: &str, user: &str) -> Auth {
-        self.attempts.push(json!({"method": method, "user": sanitize(user, 64), "reason": "only publickey is accepted"}));
+        if self.attempts.len() < 32 {
+            self.attempts.push(json!({"method": method, "user": sanitize(user, 64), "reason": "only publickey is accepted"}));
+        }
         Auth::Reject { proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])), partial_success: false }
     }
 
@@ -240,9 +242,9 @@ impl russh::server::Handler for Conn {
     type Error = anyhow::Error;
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
-        // OpenSSH probes with "none" first; it is not an attempt worth a record.
-        let _ = user;
-        Ok(Auth::Reject { proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])), partial_success: false })
+        // OpenSSH probes with "none" first; it is only recorded if the
+        // connection never authenticates.
+        Ok(self.refuse_attempt("none", user))
     }
 
     async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {

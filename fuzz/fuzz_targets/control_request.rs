@@ -1,0 +1,27 @@
+//! Control channel request parser and validators: arbitrary bytes as the
+//! request body of every command, and as an approval object and key line.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&sel, body)) = data.split_first() else { return };
+    let commands = gwos_control::scope::COMMANDS;
+    let spec = &commands[sel as usize % commands.len()];
+    if let Ok(env) = gwos_control::request::parse_envelope(body, gwos_control::request::DEFAULT_MAX_REQUEST) {
+        let _ = gwos_control::request::validate_params(spec.name, &env.params, 1_700_000_000);
+        let redacted = gwos_control::request::redact(&serde_json::Value::Object(env.params.clone()));
+        assert!(!redacted.to_string().is_empty());
+        if let Some(a) = &env.approval {
+            if let Ok(tok) = gwos_control::approval::parse(a) {
+                let _ = gwos_control::approval::verify(&tok, &[0u8; 32], spec.name, &env.params, "t", 1_700_000_000);
+            }
+        }
+        let _ = gwos_control::approval::canonical(&serde_json::Value::Object(env.params));
+    }
+    if let Ok(s) = std::str::from_utf8(body) {
+        let _ = gwos_control::keys::parse_ed25519_line(s);
+        let _ = gwos_control::request::endpoint("f", s);
+        let _ = gwos_control::request::cidr("f", s);
+    }
+});
