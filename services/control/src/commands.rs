@@ -50,6 +50,15 @@ pub struct CallInput {
     pub refused_env: Vec<String>,
 }
 
+/// What a call learned on the way, for its audit record.
+#[derive(Default)]
+struct Notes {
+    trace_id: String,
+    arguments: Value,
+    key_comment: String,
+    approved_by: Option<String>,
+}
+
 enum Outcome {
     Ok(Map<String, Value>),
     Denied(String),
@@ -74,12 +83,10 @@ impl Control {
     /// Handles one call; returns the response object and the exit status.
     pub fn call(&self, caller: &Caller, input: CallInput) -> (Value, u32) {
         let t0 = Instant::now();
-        let mut trace_id = gwos_core::event::new_trace_id();
-        let mut arguments = Value::Null;
-        let mut key_comment = String::new();
-        let mut approved_by = None;
+        let mut n = Notes { trace_id: gwos_core::event::new_trace_id(), ..Default::default() };
         let command = sanitize(input.command.trim(), 64);
-        let outcome = self.call_inner(caller, &input, &command, &mut trace_id, &mut arguments, &mut key_comment, &mut approved_by);
+        let outcome = self.call_inner(caller, &input, &command, &mut n);
+        let Notes { trace_id, arguments, key_comment, approved_by } = n;
         let (result, error, fields) = match outcome {
             Outcome::Ok(f) => ("ok", None, f),
             Outcome::Denied(e) => ("denied", Some(e), Map::new()),
@@ -120,10 +127,7 @@ impl Control {
         caller: &Caller,
         input: &CallInput,
         command: &str,
-        trace_id: &mut String,
-        arguments: &mut Value,
-        key_comment: &mut String,
-        approved_by: &mut Option<String>,
+        n: &mut Notes,
     ) -> Outcome {
         let Some(spec) = scope::command(command) else {
             return Outcome::Invalid(format!("unknown command {command:?}; `help` lists the commands this key may call"));
@@ -132,7 +136,7 @@ impl Control {
         let Some(key) = key else {
             return Outcome::Denied(format!("key {} is no longer authorized", caller.fingerprint));
         };
-        *key_comment = key.comment.clone();
+        n.key_comment = key.comment.clone();
         let max = self.site.max_request_bytes;
         if input.overflow || input.body.len() > max {
             return Outcome::Invalid(format!("request larger than {max} bytes"));
@@ -142,9 +146,9 @@ impl Control {
             Err(e) => return Outcome::Invalid(e.0),
         };
         if let Some(t) = &env.trace_id {
-            *trace_id = t.clone();
+            n.trace_id = t.clone();
         }
-        *arguments = request::redact(&Value::Object(env.params.clone()));
+        n.arguments = request::redact(&Value::Object(env.params.clone()));
         if !key.scopes.allows(spec) {
             return Outcome::Denied(format!(
                 "key {} ({}) lacks scope {} needed by {}",
@@ -156,7 +160,7 @@ impl Control {
         }
         if spec.risky && self.site.require_approval.iter().any(|c| c == spec.name) {
             match self.check_approval(&key.fingerprint, spec.name, &env) {
-                Ok(approver) => *approved_by = Some(approver),
+                Ok(approver) => n.approved_by = Some(approver),
                 Err(e) => return Outcome::Denied(e),
             }
         }
@@ -164,7 +168,7 @@ impl Control {
             Ok(p) => p,
             Err(e) => return Outcome::Invalid(e.0),
         };
-        match self.execute(spec.name, params, &key, trace_id) {
+        match self.execute(spec.name, params, &key, &n.trace_id) {
             Ok(Value::Object(m)) => Outcome::Ok(m),
             Ok(other) => Outcome::Ok(Map::from_iter([("result".to_string(), other)])),
             Err(e) => Outcome::Failed(e),

@@ -42,8 +42,7 @@ pub fn host_key(state_dir: &std::path::Path) -> anyhow::Result<PrivateKey> {
 
 fn russh_config(ctl: &Control, host: &PrivateKey) -> russh::server::Config {
     let eff = ctl.effective();
-    let mut preferred = russh::Preferred::default();
-    preferred.key = Cow::Owned(vec![Algorithm::Ed25519]);
+    let preferred = russh::Preferred { key: Cow::Owned(vec![Algorithm::Ed25519]), ..Default::default() };
     russh::server::Config {
         server_id: russh::SshId::Standard("SSH-2.0-gwos-control".into()),
         methods: MethodSet::from(&[MethodKind::PublicKey][..]),
