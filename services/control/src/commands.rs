@@ -242,9 +242,21 @@ impl Control {
                 "sessions": self.sessions.load(Ordering::Relaxed),
                 "services": {"spa": self.peer_health("spa"), "vpn": self.peer_health("vpn")},
             })),
-            ("vpn_user_create", Params::VpnUserCreate(p)) => self.forward("vpn", command, to_value(&p), trace_id),
-            ("update_ccd", Params::UpdateCcd(p)) => self.forward("vpn", command, to_value(&p), trace_id),
-            ("vpn_user_delete", Params::User(p)) => self.forward("vpn", command, to_value(&p), trace_id),
+            // vpn's RPC names the user `name` and nests the networks in `policy`.
+            ("vpn_user_create", Params::VpnUserCreate(p)) => {
+                let mut v = json!({"name": p.user, "public_key": p.public_key});
+                if let Some(a) = p.address {
+                    v["address"] = json!(a);
+                }
+                if let Some(a) = p.allowed {
+                    v["policy"] = json!({"allowed": a});
+                }
+                self.forward("vpn", command, v, trace_id)
+            }
+            ("update_ccd", Params::UpdateCcd(p)) => {
+                self.forward("vpn", command, json!({"name": p.user, "policy": {"allowed": p.allowed}}), trace_id)
+            }
+            ("vpn_user_delete", Params::User(p)) => self.forward("vpn", command, json!({"name": p.user}), trace_id),
             ("vpn_user_list" | "vpn_status", _) => self.forward("vpn", command, json!({}), trace_id),
             ("spa_user_set", Params::SpaUserSet(p)) => self.forward("spa", command, to_value(&p), trace_id),
             ("spa_user_delete", Params::User(p)) => self.forward("spa", command, to_value(&p), trace_id),

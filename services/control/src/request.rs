@@ -140,16 +140,20 @@ pub struct VpnUserCreate {
     pub user: String,
     /// WireGuard public key (32 bytes, base64).
     pub public_key: String,
+    /// Fixed tunnel address (IPv4); default: the vpn picks one from its pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Networks the user may reach (IPv4 CIDRs); default: the vpn's default policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateCcd {
     pub user: String,
-    /// Networks this user may reach through the tunnel.
-    pub routes: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dns: Option<Vec<String>>,
+    /// Networks this user may reach through the tunnel (IPv4 CIDRs).
+    pub allowed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -160,6 +164,49 @@ pub struct SpaUserSet {
     pub key_base64: String,
     /// fwknop HMAC_KEY_BASE64 (32..=128 bytes).
     pub hmac_key_base64: String,
+    /// `sha256` (default), `sha1`, `sha384`, `sha512`, ... (spa checks the exact set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac_type: Option<String>,
+    /// `cbc` (default) ... (spa checks the exact set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_mode: Option<String>,
+    /// `tcp/443` style; default: spa's default ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<String>>,
+    /// Source networks (CIDRs) the SPA packet may come from; default any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_source_address: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// `tcp/443` or `udp/53`.
+pub fn proto_port(field: &str, s: &str) -> Result<(), FieldError> {
+    match s.split_once('/') {
+        Some(("tcp" | "udp", p)) if p.parse::<u16>().is_ok_and(|p| p > 0) && !p.starts_with('0') => Ok(()),
+        _ => err(field, format!("{s:?} is not tcp/<port> or udp/<port>")),
+    }
+}
+
+fn ipv4_cidrs(field: &str, list: &[String], max: usize) -> Result<(), FieldError> {
+    if list.len() > max {
+        return err(field, format!("at most {max} entries"));
+    }
+    for c in list {
+        if !matches!(cidr(field, c)?, IpNet::V4(_)) {
+            return err(field, format!("{c:?} is not an IPv4 CIDR"));
+        }
+    }
+    Ok(())
+}
+
+fn word(field: &str, s: &str) -> Result<(), FieldError> {
+    if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
+        return err(field, "must be a short lowercase name");
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -256,6 +303,14 @@ pub fn validate_params(command: &str, params: &Map<String, Value>, now: i64) -> 
             let p: VpnUserCreate = typed(params)?;
             user_name("user", &p.user)?;
             base64_exact("public_key", &p.public_key, 32)?;
+            if let Some(a) = &p.address {
+                if !matches!(ip("address", a)?, IpAddr::V4(_)) {
+                    return err("address", "must be an IPv4 address");
+                }
+            }
+            if let Some(a) = &p.allowed {
+                ipv4_cidrs("allowed", a, 64)?;
+            }
             Params::VpnUserCreate(p)
         }
         "vpn_user_delete" | "spa_user_delete" => {
@@ -266,20 +321,7 @@ pub fn validate_params(command: &str, params: &Map<String, Value>, now: i64) -> 
         "update_ccd" => {
             let p: UpdateCcd = typed(params)?;
             user_name("user", &p.user)?;
-            if p.routes.len() > 64 {
-                return err("routes", "at most 64 entries");
-            }
-            for r in &p.routes {
-                cidr("routes", r)?;
-            }
-            if let Some(d) = &p.dns {
-                if d.len() > 4 {
-                    return err("dns", "at most 4 entries");
-                }
-                for a in d {
-                    ip("dns", a)?;
-                }
-            }
+            ipv4_cidrs("allowed", &p.allowed, 64)?;
             Params::UpdateCcd(p)
         }
         "spa_user_set" => {
@@ -287,6 +329,31 @@ pub fn validate_params(command: &str, params: &Map<String, Value>, now: i64) -> 
             user_name("user", &p.user)?;
             base64_range("key_base64", &p.key_base64, 16, 32)?;
             base64_range("hmac_key_base64", &p.hmac_key_base64, 32, 128)?;
+            if let Some(h) = &p.hmac_type {
+                word("hmac_type", h)?;
+            }
+            if let Some(m) = &p.encryption_mode {
+                word("encryption_mode", m)?;
+            }
+            if let Some(ports) = &p.ports {
+                if ports.len() > 32 {
+                    return err("ports", "at most 32 entries");
+                }
+                for x in ports {
+                    proto_port("ports", x)?;
+                }
+            }
+            if let Some(src) = &p.sources {
+                if src.len() > 64 {
+                    return err("sources", "at most 64 entries");
+                }
+                for c in src {
+                    cidr("sources", c)?;
+                }
+            }
+            if let Some(t) = p.timeout_secs {
+                secs("timeout_secs", t, 86400)?;
+            }
             Params::SpaUserSet(p)
         }
         "control_key_add" => {
@@ -418,7 +485,7 @@ mod tests {
         assert!(e.0.contains("public_key"), "{e}");
         let e = validate_params("vpn_user_create", &obj(json!({"user":"alice","public_key":key,"x":1})), 0).unwrap_err();
         assert!(e.0.contains("unknown field `x`"), "{e}");
-        let e = validate_params("update_ccd", &obj(json!({"user":"bob","routes":["10.0.0.1/24"]})), 0).unwrap_err();
+        let e = validate_params("update_ccd", &obj(json!({"user":"bob","allowed":["10.0.0.1/24"]})), 0).unwrap_err();
         assert!(e.0.contains("host bits"), "{e}");
         let e = validate_params("config_set", &obj(json!({"siem_endpoint":"siem:0"})), 0).unwrap_err();
         assert!(e.0.contains("siem_endpoint"), "{e}");

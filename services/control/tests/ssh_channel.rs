@@ -327,11 +327,11 @@ scopes = ["health:read", "vpn:read", "logs:read"]
     let spa_key = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"; // 24 bytes
     let hmac = "aG1hY2htYWNobWFjaG1hY2htYWNobWFjaG1hY2htYWM="; // 32 bytes
     let cases: Vec<(&str, Value, bool, &str)> = vec![
-        ("spa_user_set", json!({"trace_id":"t-spa-set","user":"alice","key_base64":spa_key,"hmac_key_base64":hmac}), spa_up, "spa"),
+        ("spa_user_set", json!({"trace_id":"t-spa-set","user":"alice","key_base64":spa_key,"hmac_key_base64":hmac,"ports":["tcp/443"]}), spa_up, "spa"),
         ("spa_user_list", json!({"trace_id":"t-spa-list"}), spa_up, "spa"),
         ("spa_user_delete", json!({"trace_id":"t-spa-del","user":"alice"}), spa_up, "spa"),
         ("vpn_user_create", json!({"trace_id":"t-vpn-create","user":"alice","public_key":wg}), vpn_up, "vpn"),
-        ("update_ccd", json!({"trace_id":"t-ccd","user":"alice","routes":["10.50.0.0/16"],"dns":["10.50.0.53"]}), vpn_up, "vpn"),
+        ("update_ccd", json!({"trace_id":"t-ccd","user":"alice","allowed":["10.50.0.0/16"]}), vpn_up, "vpn"),
         ("vpn_user_list", json!({"trace_id":"t-vpn-list"}), vpn_up, "vpn"),
         ("vpn_status", json!({"trace_id":"t-vpn-status"}), vpn_up, "vpn"),
         ("vpn_user_delete", json!({"trace_id":"t-vpn-del","user":"alice"}), vpn_up, "vpn"),
@@ -341,6 +341,9 @@ scopes = ["health:read", "vpn:read", "logs:read"]
         let (v, _) = lab.call("admin", cmd, req);
         if up {
             ok(&v);
+            if cmd.ends_with("_list") {
+                assert!(v.to_string().contains("alice"), "{cmd} after create does not list alice: {v}");
+            }
         } else {
             err_contains(&v, &format!("service unavailable: {svc}"));
         }
