@@ -112,6 +112,7 @@ RATIO="$(jq -r '(.results[0].mean / .results[1].mean) * 100 | round / 100' "$W/h
   done
   echo
   echo "Ratio ours/anchor (mean): **$RATIO** (lower is better; each run is a full SSH connection: kex, ed25519 auth, exec, JSON reply)."
+  echo "The anchor's cost per call includes sshd's fork + re-exec, its privsep child, and the ForceCommand (bash + jq, as a real dispatcher would be); ours is one process with an async task per connection. Both run on the same loaded machine at the same time of the run; absolute figures vary with load, the ratio is the figure to compare."
   echo
   echo "Machine: $(nproc) cores (load average at the end: $(cut -d" " -f1-3 /proc/loadavg), shared with other builds), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -sr); $(ssh -V 2>&1); runs: $RUNS each (hyperfine -N, 3 warmups), loopback."
   echo "Command: \`RUNS=$RUNS bash benches/control.sh\`; ours = \`$(basename "$GWOSD") run control\` ($GWOSD)."
