@@ -1,16 +1,17 @@
 //! `gwosd`: the one multi-call binary on the gateway.
 //!
-//! - as `/init` in the initramfs, or `/sbin/init` as PID 1: init (stages 1 and 2);
+//! - as `/init` in the initramfs (PID 1): stage 1 (verify the slot, mount the dm-verity root);
+//! - as `/sbin/init` (PID 1 in the verified root): stage 2 (mounts, hardening, supervisor);
 //! - `gwosd run <service> [--config F] [--state-dir D] [--run-dir D]`: one service.
 
 use std::path::PathBuf;
 
-mod services;
+use gwos_init::{sandbox, services, stage1, stage2};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("run") {
-        std::process::exit(match run_service(&args[2..]) {
+        std::process::exit(match sandbox::apply_from_env().and_then(|_| run_service(&args[2..])) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("gwosd run: {e:#}");
@@ -18,7 +19,15 @@ fn main() {
             }
         });
     }
-    eprintln!("gwosd: init is not built yet; usage: gwosd run <service> [--config F] [--state-dir D] [--run-dir D]");
+    if nix::unistd::getpid().as_raw() == 1 {
+        let t0 = gwos_init::boottime_ms();
+        if std::path::Path::new("/init").exists() && std::path::Path::new("/newroot").is_dir() {
+            stage1::main(t0);
+        }
+        let t0 = std::env::var("GWOS_T0_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(t0);
+        stage2::main(t0);
+    }
+    eprintln!("usage: gwosd run <service> [--config F] [--state-dir D] [--run-dir D]  (as PID 1: init)");
     std::process::exit(2);
 }
 

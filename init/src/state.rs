@@ -1,0 +1,121 @@
+//! The state partition (GPT label `state`) at /var: ext4, mounted
+//! nosuid,nodev,noexec and grown to the partition size with
+//! EXT4_IOC_RESIZE_FS. There is no mkfs on the image: the image tool must
+//! ship an empty ext4 file system in the partition (see out/NOTE-init.md).
+//! A blank partition (all zeros where the ext4 superblock belongs) means that
+//! template is missing: /var then becomes a tmpfs and the console says
+//! loudly that state is NOT persistent. Anything else that fails is fatal.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use nix::mount::MsFlags;
+
+use crate::{gpt_find, mounts};
+
+const EXT4_MAGIC: u16 = 0xef53;
+// _IOW('f', 16, __u64)
+const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610;
+
+/// What the first 2 KiB say about the partition.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kind {
+    Blank,
+    Ext4 { block_size: u64, blocks: u64 },
+    Other,
+}
+
+pub fn classify(head: &[u8]) -> Kind {
+    if head.len() < 2048 {
+        return Kind::Other;
+    }
+    let sb = &head[1024..2048];
+    if u16::from_le_bytes([sb[0x38], sb[0x39]]) == EXT4_MAGIC {
+        let lo = u32::from_le_bytes(sb[4..8].try_into().expect("4")) as u64;
+        let log = u32::from_le_bytes(sb[0x18..0x1c].try_into().expect("4"));
+        return Kind::Ext4 { block_size: 1024u64 << log.min(6), blocks: lo };
+    }
+    if head.iter().all(|b| *b == 0) {
+        return Kind::Blank;
+    }
+    Kind::Other
+}
+
+pub fn mount_var() -> Result<String> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let part = gpt_find::wait_for(&["state"], Duration::from_secs(5))?.remove(0);
+    let mut f = std::fs::File::open(part.dev_path()).with_context(|| format!("opening {}", part.dev_path()))?;
+    let mut head = vec![0u8; 2048];
+    f.read_exact(&mut head)?;
+    let size = f.seek(SeekFrom::End(0))?;
+    let msg = match classify(&head) {
+        Kind::Blank => {
+            mounts::fs("tmpfs", "/var", "tmpfs", flags, Some("mode=0755,size=64m"))?;
+            format!("WARNING: state partition {} is blank (no ext4 template in the image): /var is a tmpfs, state is NOT persistent", part.name)
+        }
+        Kind::Other => bail!("state partition {} holds neither ext4 nor zeros; refusing to touch it", part.name),
+        Kind::Ext4 { block_size, blocks } => {
+            mounts::fs(&part.dev_path(), "/var", "ext4", flags, Some("errors=remount-ro"))?;
+            let want = size / block_size;
+            if want > blocks {
+                grow("/var", want).context("growing /var")?;
+                format!("{} ext4 at /var, grown from {blocks} to {want} blocks", part.name)
+            } else {
+                format!("{} ext4 at /var ({blocks} blocks)", part.name)
+            }
+        }
+    };
+    for d in ["/var/lib", "/var/lib/gwos", "/var/log"] {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::create_dir_all(gwos_core::context::RUN_DIR)?;
+    use std::os::unix::fs::PermissionsExt;
+    // Services (distinct uids) create their sockets here; sticky, not listable.
+    std::fs::set_permissions(gwos_core::context::RUN_DIR, std::fs::Permissions::from_mode(0o1733))?;
+    Ok(msg)
+}
+
+fn grow(mnt: &str, blocks: u64) -> Result<()> {
+    let d = std::fs::File::open(mnt)?;
+    let n: u64 = blocks;
+    // SAFETY: EXT4_IOC_RESIZE_FS reads one u64 (the new block count) through
+    // the pointer, which points to `n` on our stack; `d` is an open fd on the
+    // mounted ext4 file system.
+    let r = unsafe { libc::ioctl(d.as_raw_fd(), EXT4_IOC_RESIZE_FS as _, &n as *const u64) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies() {
+        assert_eq!(classify(&[0u8; 2048]), Kind::Blank);
+        let mut h = vec![0u8; 2048];
+        h[1024 + 4..1024 + 8].copy_from_slice(&1000u32.to_le_bytes());
+        h[1024 + 0x18..1024 + 0x1c].copy_from_slice(&2u32.to_le_bytes());
+        h[1024 + 0x38] = 0x53;
+        h[1024 + 0x39] = 0xef;
+        assert_eq!(classify(&h), Kind::Ext4 { block_size: 4096, blocks: 1000 });
+        h[1024 + 0x38] = 0;
+        assert_eq!(classify(&h), Kind::Other);
+    }
+
+    /// A real ext4 made by mke2fs is recognised with its block count.
+    #[test]
+    fn real_mke2fs_image() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("x.img");
+        std::fs::File::create(&img).unwrap().set_len(8 << 20).unwrap();
+        let st = std::process::Command::new("mkfs.ext4").args(["-q", "-F", "-b", "4096"]).arg(&img).status().expect("mkfs.ext4 (e2fsprogs) is needed");
+        assert!(st.success());
+        let head = std::fs::read(&img).unwrap()[..2048].to_vec();
+        assert_eq!(classify(&head), Kind::Ext4 { block_size: 4096, blocks: 2048 });
+    }
+}

@@ -1,0 +1,177 @@
+//! The service table (`/etc/gwos/services.toml`, from rootfs/): which
+//! services run, as whom, with which capabilities, writable paths, limits and
+//! order. Adding a service = one `[[service]]` entry.
+
+use std::collections::HashSet;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Table {
+    #[serde(default)]
+    pub service: Vec<Service>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Capability names (`CAP_NET_ADMIN`): bounding, permitted, effective, ambient.
+    #[serde(default)]
+    pub caps: Vec<String>,
+    /// Paths writable in the service's mount namespace (its state dir is always writable).
+    #[serde(default)]
+    pub writable: Vec<String>,
+    /// Services that must be healthy before this one starts.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// cgroup v2 memory.max (bytes or "max"; suffixes K, M, G).
+    #[serde(default = "d_mem")]
+    pub memory_max: String,
+    #[serde(default = "d_pids")]
+    pub pids_max: u32,
+    #[serde(default = "d_weight")]
+    pub cpu_weight: u32,
+    /// RLIMIT_NOFILE.
+    #[serde(default = "d_nofile")]
+    pub nofile: u64,
+    /// "always" or "on-failure" (an exit 0 is then final) .
+    #[serde(default = "d_restart")]
+    pub restart: String,
+    /// Whether the ready line and boot blessing wait for this service's health.
+    #[serde(default = "d_true")]
+    pub required: bool,
+}
+
+fn d_mem() -> String {
+    "256M".into()
+}
+fn d_pids() -> u32 {
+    64
+}
+fn d_weight() -> u32 {
+    100
+}
+fn d_nofile() -> u64 {
+    1024
+}
+fn d_restart() -> String {
+    "always".into()
+}
+fn d_true() -> bool {
+    true
+}
+
+pub fn parse(text: &str) -> Result<Table> {
+    let t: Table = toml::from_str(text)?;
+    t.check()?;
+    Ok(t)
+}
+
+impl Table {
+    pub fn check(&self) -> Result<()> {
+        let mut names = HashSet::new();
+        for s in &self.service {
+            if !names.insert(s.name.as_str()) {
+                bail!("service {} listed twice", s.name);
+            }
+            if s.uid == 0 || s.gid == 0 {
+                bail!("service {} must not run as root", s.name);
+            }
+            if !["always", "on-failure"].contains(&s.restart.as_str()) {
+                bail!("service {}: restart must be always or on-failure", s.name);
+            }
+            for c in &s.caps {
+                c.parse::<caps::Capability>().map_err(|_| anyhow::anyhow!("service {}: unknown capability {c}", s.name))?;
+            }
+            for w in &s.writable {
+                if !w.starts_with("/var/") && !w.starts_with("/run/") {
+                    bail!("service {}: writable path {w} must be under /var or /run", s.name);
+                }
+            }
+        }
+        self.order().map(|_| ())
+    }
+
+    /// Start order: dependencies first (stable, by table order); refuses cycles and unknown names.
+    pub fn order(&self) -> Result<Vec<&Service>> {
+        let mut done: Vec<&Service> = Vec::new();
+        while done.len() < self.service.len() {
+            let before = done.len();
+            for s in &self.service {
+                if done.iter().any(|d| d.name == s.name) {
+                    continue;
+                }
+                for a in &s.after {
+                    if !self.service.iter().any(|x| &x.name == a) {
+                        bail!("service {} is after unknown service {a}", s.name);
+                    }
+                }
+                if s.after.iter().all(|a| done.iter().any(|d| &d.name == a)) {
+                    done.push(s);
+                }
+            }
+            if done.len() == before {
+                bail!("service table has a dependency cycle");
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// "64M" → bytes; "max" stays "max".
+pub fn memory_value(s: &str) -> Result<String> {
+    if s == "max" {
+        return Ok(s.into());
+    }
+    let (num, mult) = match s.chars().last() {
+        Some('K') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M') => (&s[..s.len() - 1], 1 << 20),
+        Some('G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("memory_max {s:?} is not a size"))?;
+    Ok((n * mult).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_table_parses() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rootfs/etc/gwos/services.toml")).unwrap();
+        parse(&text).unwrap();
+    }
+
+    #[test]
+    fn order_and_errors() {
+        let t = parse(
+            r#"
+[[service]]
+name = "control"
+uid = 804
+gid = 804
+after = ["vpn"]
+[[service]]
+name = "vpn"
+uid = 802
+gid = 802
+caps = ["CAP_NET_ADMIN"]
+memory_max = "64M"
+"#,
+        )
+        .unwrap();
+        let o: Vec<_> = t.order().unwrap().iter().map(|s| s.name.clone()).collect();
+        assert_eq!(o, ["vpn", "control"]);
+        assert_eq!(memory_value("64M").unwrap(), "67108864");
+        assert!(parse("[[service]]\nname='x'\nuid=0\ngid=1\n").is_err());
+        assert!(parse("[[service]]\nname='x'\nuid=1\ngid=1\ncaps=['CAP_BOGUS']\n").is_err());
+        assert!(parse("[[service]]\nname='x'\nuid=1\ngid=1\nafter=['x']\n").is_err());
+        assert!(parse("[[service]]\nname='x'\nuid=1\ngid=1\nwritable=['/etc']\n").is_err());
+    }
+}

@@ -1,0 +1,46 @@
+//! A network namespace with a TAP device for the guest. The host side of the
+//! "remote network": the namespace holds the guest's gateway address and
+//! extra addresses (backend, scanner) on the same TAP link. Deleted on drop.
+
+use std::process::{Command, Output};
+
+use anyhow::{ensure, Context, Result};
+
+pub struct NetNs {
+    pub name: String,
+    pub tap: String,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let o = Command::new("ip").args(args).output().context("running ip")?;
+    ensure!(o.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
+    Ok(())
+}
+
+impl NetNs {
+    /// Creates namespace `gwq<pid>-<tag>` with `tap0` holding `addrs` (CIDR strings).
+    pub fn new(tag: &str, addrs: &[&str]) -> Result<Self> {
+        crate::need_tool("ip");
+        let name = format!("gwq{}-{tag}", std::process::id());
+        ip(&["netns", "add", &name])?;
+        let ns = NetNs { name, tap: "tap0".into() };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        ip(&["-n", &ns.name, "tuntap", "add", "dev", &ns.tap, "mode", "tap"])?;
+        for a in addrs {
+            ip(&["-n", &ns.name, "addr", "add", a, "dev", &ns.tap])?;
+        }
+        ip(&["-n", &ns.name, "link", "set", &ns.tap, "up"])?;
+        Ok(ns)
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> Result<Output> {
+        Command::new("ip").args(["netns", "exec", &self.name, cmd]).args(args).output().with_context(|| format!("running {cmd} in {}", self.name))
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
