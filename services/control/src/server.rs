@@ -65,7 +65,15 @@ fn fields(pairs: &[(&str, Value)]) -> Map<String, Value> {
 pub async fn serve(ctl: Arc<Control>, listener: TcpListener, host: PrivateKey) -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(ctl.site.max_sessions));
     loop {
-        let (sock, peer) = listener.accept().await?;
+        let (sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: report, back off, keep serving.
+                gwos_core::emit(&gwos_core::Event::new("control", "control.accept_error").field("error", e.to_string()));
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let eff = ctl.effective();
         if !crate::config::is_backend(&eff.backend, peer.ip()) {
             ctl.audit.record(
