@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+mod client_cmds;
+
 #[derive(Parser)]
-#[command(name = "gwos", version, about = "Build and check gwos disk images")]
+#[command(name = "gwos", version, about = "Build and check gwos disk images; knock, connect and control gateways")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -59,6 +61,16 @@ enum Cmd {
     },
     /// Generate a release key pair: <out> (private, 0600) and <out>.pub.
     Keygen { out: PathBuf },
+    /// Send an SPA knock (fwknop wire format) that opens the gateway for this host.
+    /// `gwos knock <gateway[:port]> --user U --key-base64 K --hmac-key-base64 H [--access tcp/443] [--allow-ip IP|--source]`
+    Knock {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Carry a local WireGuard client's datagrams over TLS 1.3 to a gateway (SPKI-pinned).
+    Connect(client_cmds::Connect),
+    /// Call a control-channel command through OpenSSH; prints the JSON answer.
+    Ctl(client_cmds::Ctl),
 }
 
 fn run() -> Result<()> {
@@ -94,6 +106,14 @@ fn run() -> Result<()> {
             let k = gwos_signing::ReleaseKey::generate();
             k.save(&out)?;
             println!("wrote {} (private, 0600) and {} (key id {})", out.display(), out.with_extension("pub").display(), k.public().id_hex());
+        }
+        Cmd::Knock { args } => client_cmds::knock(&args)?,
+        Cmd::Connect(c) => client_cmds::connect(c)?,
+        Cmd::Ctl(c) => {
+            let code = client_cmds::ctl(c)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
         }
     }
     Ok(())

@@ -1,0 +1,90 @@
+//! Client helpers of the `gwos` CLI: `knock` (SPA, fwknop wire format),
+//! `connect` (WireGuard over the TLS front, SPKI-pinned) and `ctl` (the SSH
+//! control channel through the system OpenSSH client). The logic lives in the
+//! service crates; this file only maps command lines onto it.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+#[derive(Args)]
+pub struct Connect {
+    /// Gateway tls-front address, host:port.
+    #[arg(long)]
+    pub server: String,
+    /// sha256 of the gateway's SPKI, hex (control `health` reports it as tls-front spki_sha256).
+    #[arg(long)]
+    pub pin: String,
+    /// Local UDP address to give the WireGuard client as its Endpoint.
+    #[arg(long, default_value = "127.0.0.1:51821")]
+    pub listen: std::net::SocketAddr,
+    /// TLS server name (the certificate is pinned, not name-checked).
+    #[arg(long, default_value = "gwos")]
+    pub server_name: String,
+}
+
+#[derive(Args)]
+pub struct Ctl {
+    /// Gateway address (host or IP).
+    pub host: String,
+    /// Command, e.g. health, vpn_user_create (`help` lists what your key may call).
+    pub command: String,
+    /// Request JSON file; `-` or absent: stdin if it is not a terminal, else `{}`.
+    pub request: Option<PathBuf>,
+    #[arg(long, default_value_t = 2222)]
+    pub port: u16,
+    /// ed25519 private key of a control key.
+    #[arg(long, short = 'i')]
+    pub identity: PathBuf,
+    /// known_hosts file pinning the gateway's host key (recommended).
+    #[arg(long)]
+    pub known_hosts: Option<PathBuf>,
+    /// Sign the request as an approval with this second admin key (adds `approval`).
+    #[arg(long)]
+    pub approve_with: Option<PathBuf>,
+    /// Approval validity in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub approval_secs: i64,
+}
+
+pub fn knock(args: &[String]) -> Result<()> {
+    gwos_spa::client::cli(args)
+}
+
+pub fn connect(c: Connect) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(gwos_tls_front::client::run_connect(gwos_tls_front::client::ConnectOptions {
+        listen: c.listen,
+        server: c.server,
+        pin: c.pin,
+        server_name: c.server_name,
+    }))
+}
+
+/// Runs one control command; returns the process exit status (0 ok, 1 refused).
+pub fn ctl(c: Ctl) -> Result<i32> {
+    use std::io::IsTerminal;
+    let text = match c.request.as_deref() {
+        Some(p) if p.as_os_str() != "-" => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        _ if !std::io::stdin().is_terminal() => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            s
+        }
+        _ => String::new(),
+    };
+    let mut request: serde_json::Value =
+        if text.trim().is_empty() { serde_json::json!({}) } else { serde_json::from_str(&text).context("request is not JSON")? };
+    if let Some(approver) = &c.approve_with {
+        if request.get("trace_id").is_none() {
+            request["trace_id"] = serde_json::Value::String(gwos_core::event::new_trace_id());
+        }
+        request = gwos_control::client::approve(approver, &c.command, &request, c.approval_secs)?;
+    }
+    let target = gwos_control::client::Target { host: c.host, port: c.port, identity: c.identity, known_hosts: c.known_hosts };
+    let (response, code) = gwos_control::client::call(&target, &c.command, &request)?;
+    println!("{}", serde_json::to_string_pretty(&response)?);
+    Ok(code)
+}
