@@ -108,7 +108,15 @@ pub fn first_ethernet() -> Option<String> {
 /// Brings up lo and the configured interface; returns a console summary.
 pub fn configure(cfg: &NetworkConfig) -> Result<String> {
     request(&link_up_msg(index_of("lo")?, 1), "lo up")?;
-    let ifname = if cfg.interface.is_empty() { first_ethernet().context("no ethernet interface found")? } else { cfg.interface.clone() };
+    let ifname = if cfg.interface.is_empty() {
+        match first_ethernet() {
+            Some(n) => n,
+            None if cfg.address.is_empty() => return Ok("no ethernet interface and no [network] address: loopback only".into()),
+            None => bail!("[network] address {} is configured but there is no ethernet interface", cfg.address),
+        }
+    } else {
+        cfg.interface.clone()
+    };
     let idx = index_of(&ifname)?;
     request(&link_up_msg(idx, 2), "link up")?;
     if cfg.address.is_empty() {
