@@ -31,11 +31,15 @@ W="$(mktemp -d /tmp/gwos-bench-vpn.XXXXXX)"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  for n in "$GW" "$CL" "$LB"; do
+    for p in $(ip netns pids "$n" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  done
+  sleep 0.3
   for n in "$GW" "$CL" "$LB"; do ip netns del "$n" 2>/dev/null || true; done
   rm -rf "$W"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 gx() { ip netns exec "$GW" "$@"; }
 cx() { ip netns exec "$CL" "$@"; }
 lx() { ip netns exec "$LB" "$@"; }
@@ -44,9 +48,8 @@ for n in "$GW" "$CL" "$LB"; do ip netns add "$n"; ip netns exec "$n" ip link set
 ip link add "bg$ID" netns "$GW" type veth peer name "bc$ID" netns "$CL"
 gx ip addr add 172.31.9.1/24 dev "bg$ID"; gx ip link set "bg$ID" up
 cx ip addr add 172.31.9.2/24 dev "bc$ID"; cx ip link set "bc$ID" up
-gx nft -f - <<'NFT'
-table inet gwos { chain vpn_forward {} }
-NFT
+gx nft add table inet gwos
+gx nft add chain inet gwos vpn_forward
 
 wait_sock() { for _ in $(seq 1 200); do [[ -S "$1" ]] && return 0; sleep 0.05; done; echo "no $1" >&2; exit 1; }
 rpc() { python3 - "$1" "$2" "$3" <<'PY'
@@ -87,7 +90,11 @@ client_up() { # $1 endpoint, $2 peer public key, $3 allowed ip
   cx ip addr add 10.77.0.2/32 dev wgb0; cx ip link set wgb0 mtu 1380 up
   cx ip route add "$3" dev wgb0
 }
-client_down() { kill "${PIDS[-1]}" 2>/dev/null || true; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'; sleep 0.3; }
+client_down() {
+  kill "${PIDS[-1]}" 2>/dev/null || true; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+  for _ in $(seq 1 40); do cx ip link show wgb0 >/dev/null 2>&1 || return 0; sleep 0.05; done
+  cx ip link del wgb0 2>/dev/null || true
+}
 run_iperf() { # $1 dest, $2 out
   for _ in $(seq 1 40); do cx ping -c1 -W1 "$1" >/dev/null 2>&1 && break; done
   cx iperf3 -c "$1" -t "$SECS" -J > "$2"
@@ -95,9 +102,9 @@ run_iperf() { # $1 dest, $2 out
 
 client_up 172.31.9.1:51820 "$GPUB" 10.77.0.1/32
 run_iperf 10.77.0.1 "$W/ours-udp.json"; client_down
-cx "$GWOS_CONNECT" --server 172.31.9.1:8443 --pin "$PIN" --listen 127.0.0.1:51821 2>"$W/connect.log" & CONN=$!
+cx "$GWOS_CONNECT" --server 172.31.9.1:8443 --pin "$PIN" --listen 127.0.0.1:51821 2>"$W/connect.log" & CONN=$!; PIDS+=($CONN)
 client_up 127.0.0.1:51821 "$GPUB" 10.77.0.1/32
-run_iperf 10.77.0.1 "$W/ours-tls.json"; client_down; kill "$CONN" 2>/dev/null || true
+run_iperf 10.77.0.1 "$W/ours-tls.json"; client_down
 
 # anchor: wireguard-go as the gateway on the same veth
 SPRIV="$(wg genkey)"; SPUB="$(echo "$SPRIV" | wg pubkey)"; printf '%s' "$SPRIV" > "$W/s.key"
