@@ -83,3 +83,17 @@ pub fn approve(approver_identity: &Path, command: &str, request: &Value, valid_s
     obj.insert("approval".into(), crate::approval::sign(&seed, &fp, command, &params, &trace, expires));
     Ok(Value::Object(obj))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_args_pin_and_disable_forwarding() {
+        let t = Target { host: "gw".into(), port: 2222, identity: "/k".into(), known_hosts: Some("/kh".into()) };
+        let a = ssh_args(&t, "health");
+        assert_eq!(&a[..4], ["-p", "2222", "-i", "/k"]);
+        assert!(a.contains(&"StrictHostKeyChecking=yes".to_string()) && a.contains(&"ClearAllForwardings=yes".to_string()));
+        assert_eq!(&a[a.len() - 2..], ["gwctl@gw", "health"]);
+    }
+}
