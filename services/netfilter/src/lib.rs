@@ -131,7 +131,10 @@ pub fn list_elements() -> Result<Vec<SpaElement>, Error> {
 
 /// Interval-set elements for CIDRs: start key, and end key (first address
 /// after the range) flagged NFT_SET_ELEM_INTERVAL_END; overlaps merged.
-pub fn interval_elems(nets: &[IpNet]) -> (Vec<(Vec<u8>, u32, u64)>, Vec<(Vec<u8>, u32, u64)>) {
+/// Set elements as (key, element flags, timeout ms).
+pub type Elems = Vec<(Vec<u8>, u32, u64)>;
+
+pub fn interval_elems(nets: &[IpNet]) -> (Elems, Elems) {
     const END: u32 = 1;
     let (mut v4, mut v6) = (Vec::new(), Vec::new());
     for n in IpNet::aggregate(&nets.to_vec()) {

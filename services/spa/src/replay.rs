@@ -94,7 +94,7 @@ impl ReplayCache {
     }
 
     fn compact_if_needed(&mut self, now: i64) -> Result<()> {
-        if self.lines % 512 == 0 {
+        if self.lines & 511 == 0 {
             self.expire(now);
         }
         if self.lines <= 2 * self.entries.len() + 1024 {
