@@ -451,4 +451,29 @@ mod tests {
         let good: IpAddr = "10.0.0.2".parse().unwrap();
         assert!(matches!(g.handle(good, knock("10.0.0.2", 443, now, "alice").as_bytes(), now, t), Decision::Permit { .. }));
     }
+
+    #[test]
+    fn rpc_user_set_list_delete_persists_and_never_returns_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpaConfig { firewall: false, ..Default::default() };
+        let users = Arc::new(RwLock::new(build_users(&cfg, &[]).unwrap()));
+        let rpc = Rpc { cfg, users: users.clone(), state_path: dir.path().join("users.json"), lock: Mutex::new(()), started: Instant::now() };
+        let call = |m: &str, p: Value| rpc.handle(Request { method: m.into(), params: p, trace_id: None });
+        assert_eq!(call("health", json!({})).result["healthy"], true);
+        let r = call("spa_user_set", json!({"user": "bob", "key_base64": K, "hmac_key_base64": H}));
+        assert!(r.ok, "{r:?}");
+        assert!(!call("spa_user_set", json!({"user": "bob", "key_base64": "c2hvcnQ=", "hmac_key_base64": H})).ok);
+        assert!(!call("spa_user_set", json!({"user": "bob", "key_base64": K, "hmac_key_base64": K})).ok);
+        assert!(!call("spa_user_set", json!({"user": "bob", "key_base64": K, "hmac_key_base64": H, "extra": 1})).ok);
+        let l = call("spa_user_list", json!({}));
+        let text = l.result.to_string();
+        assert!(text.contains("\"bob\"") && text.contains("SHA256:"), "{text}");
+        assert!(!text.contains(&K[..12]) && !text.contains(&H[..12]), "key material listed: {text}");
+        let on_disk: Vec<UserConfig> = gwos_core::state::read_json(&dir.path().join("users.json")).unwrap().unwrap();
+        assert_eq!(on_disk.len(), 1);
+        assert_eq!(users.read().unwrap().len(), 1);
+        assert!(call("spa_user_delete", json!({"user": "bob"})).ok);
+        assert!(!call("spa_user_delete", json!({"user": "bob"})).ok);
+        assert_eq!(users.read().unwrap().len(), 0);
+    }
 }
