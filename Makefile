@@ -25,9 +25,18 @@ deps:
 kernel: deps
 	@kernel-config/build-kernel.sh $(KERNEL)
 
+# Debian 12 ships libnftnl.a but no libmnl.a: the static build links our
+# stand-in built from services/netfilter/mnl-static/mnl.c (see its header).
+MNL_STATIC := $(OUT)/lib/libmnl.a
+$(MNL_STATIC): services/netfilter/mnl-static/mnl.c
+	mkdir -p $(OUT)/lib
+	gcc -O2 -Wall -Wextra -Werror -fPIE -c $< -o $(OUT)/lib/mnl.o
+	ar rcsD $@ $(OUT)/lib/mnl.o
+
 # The one static gateway binary (PID 1 + every service).
-gwosd:
-	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked -p gwos-init --target $(TARGET)
+gwosd: deps $(MNL_STATIC)
+	LIBMNL_LIB_DIR=$(abspath $(OUT)/lib) RUSTFLAGS="-C target-feature=+crt-static" \
+	  cargo build --release --locked -p gwos-init --target $(TARGET)
 
 # The host tool.
 gwos:
