@@ -59,6 +59,26 @@ pub fn run(ctx: gwos_core::ServiceContext) -> anyhow::Result<()> {
                 .field("host_key_fingerprint", host_fp)
                 .field("backend", serde_json::json!(ctl.effective().backend.iter().map(|n| n.to_string()).collect::<Vec<_>>())),
         );
-        server::serve(ctl, listener, host).await
+        let rpc = local_rpc(&ctl);
+        let sock = ctx.socket_path("control");
+        tokio::select! {
+            r = server::serve(ctl, listener, host) => r,
+            r = gwos_core::rpc::serve(&sock, vec![0], rpc) => r.context("control's local health socket"),
+        }
+    })
+}
+
+/// `control.sock`: PID 1's `health` probe only (uid 0). Configuration never
+/// arrives this way: it comes over SSH from the backend.
+fn local_rpc(ctl: &Arc<commands::Control>) -> gwos_core::rpc::Handler {
+    let ctl = ctl.clone();
+    Arc::new(move |req, _peer| match req.method.as_str() {
+        "health" => gwos_core::rpc::Response::ok(serde_json::json!({
+            "healthy": true,
+            "service": "control",
+            "host_key_fingerprint": ctl.host_fingerprint,
+            "sessions": ctl.sessions.load(std::sync::atomic::Ordering::Relaxed),
+        })),
+        m => gwos_core::rpc::Response::err(format!("unknown method {m:?}")),
     })
 }

@@ -57,7 +57,12 @@ pub struct Peer {
 /// A synchronous request handler; runs on the blocking pool.
 pub type Handler = Arc<dyn Fn(Request, Peer) -> Response + Send + Sync>;
 
-/// Binds `path` (replacing a stale socket), mode 0660, and serves forever.
+/// Binds `path` (replacing a stale socket) and serves forever.
+///
+/// The socket is mode 0666: services run under different uids (control
+/// calls spa and vpn), so the file mode cannot be the access check. The check
+/// is `allowed_uids` against the caller's SO_PEERCRED, done for every
+/// connection before a byte of the request is read.
 pub async fn serve(path: &Path, allowed_uids: Vec<u32>, handler: Handler) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -65,7 +70,7 @@ pub async fn serve(path: &Path, allowed_uids: Vec<u32>, handler: Handler) -> Res
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     let allowed = Arc::new(allowed_uids);
     loop {
         let (stream, _) = listener.accept().await?;
@@ -114,10 +119,31 @@ async fn serve_conn(stream: tokio::net::UnixStream, allowed: &[u32], handler: Ha
     }
 }
 
+/// The fixed uid of each gateway service (the service table uses the same).
+pub const SERVICE_UIDS: &[(&str, u32)] = &[("spa", 801), ("vpn", 802), ("tls-front", 803), ("control", 804)];
+
+/// `/run/gwos` is writable by every service, so a compromised service could
+/// bind another's socket name first. Before sending a request to
+/// `<name>.sock` of a known service, the caller checks that the process
+/// serving it runs as that service's uid (or root, as in host tests).
+fn check_server(path: &Path, stream: &StdUnixStream) -> Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".sock")).unwrap_or("");
+    let Some((_, want)) = SERVICE_UIDS.iter().find(|(n, _)| *n == name) else { return Ok(()) };
+    let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .with_context(|| format!("reading the peer credentials of {}", path.display()))?;
+    server_uid_ok(name, *want, cred.uid()).with_context(|| format!("{}", path.display()))
+}
+
+fn server_uid_ok(name: &str, want: u32, uid: u32) -> Result<()> {
+    anyhow::ensure!(uid == want || uid == 0, "served by uid {uid}, not {name}'s uid {want}: refusing to talk to it");
+    Ok(())
+}
+
 /// Calls `method` on the service socket at `path` (blocking, with a timeout).
 pub fn call(path: &Path, method: &str, params: Value, trace_id: Option<&str>, timeout: Duration) -> Result<Response> {
     let stream = StdUnixStream::connect(path)
         .with_context(|| format!("service socket {} unavailable", path.display()))?;
+    check_server(path, &stream)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let req = Request { method: method.into(), params, trace_id: trace_id.map(str::to_owned) };
@@ -157,6 +183,24 @@ mod tests {
         assert_eq!(r, Response::ok(json!({"method": "health", "uid": me})));
         let r = call(&deny_path, "health", json!({}), None, Duration::from_secs(5)).unwrap();
         assert!(!r.ok && r.error.unwrap().contains("may not call"));
+    }
+
+    #[test]
+    fn known_service_sockets_must_be_served_by_their_uid() {
+        assert!(server_uid_ok("spa", 801, 801).is_ok());
+        assert!(server_uid_ok("spa", 801, 0).is_ok());
+        let e = server_uid_ok("spa", 801, 803).unwrap_err().to_string();
+        assert!(e.contains("uid 803") && e.contains("801"), "{e}");
+        // A real socket named spa.sock, served by this test's uid: allowed only if that is root or 801.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spa.sock");
+        let me = my_uid();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let p = path.clone();
+        rt.spawn(async move { serve(&p, vec![me], echo()).await });
+        wait_for(&path);
+        let r = call(&path, "health", json!({}), None, Duration::from_secs(5));
+        assert_eq!(r.is_ok(), me == 0 || me == 801, "{r:?}");
     }
 
     #[test]
