@@ -9,21 +9,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-#[derive(Args)]
-pub struct Connect {
-    /// Gateway tls-front address, host:port.
-    #[arg(long)]
-    pub server: String,
-    /// sha256 of the gateway's SPKI, hex (control `health` reports it as tls-front spki_sha256).
-    #[arg(long)]
-    pub pin: String,
-    /// Local UDP address to give the WireGuard client as its Endpoint.
-    #[arg(long, default_value = "127.0.0.1:51821")]
-    pub listen: std::net::SocketAddr,
-    /// TLS server name (the certificate is pinned, not name-checked).
-    #[arg(long, default_value = "gwos")]
-    pub server_name: String,
-}
+/// `gwos connect`: its options live with the client code (mTLS client
+/// certificate, SPA knock before each connection: see docs/vpn.md).
+pub use gwos_tls_front::client::ConnectArgs as Connect;
 
 #[derive(Args)]
 pub struct Ctl {
@@ -54,13 +42,9 @@ pub fn knock(args: &[String]) -> Result<()> {
 }
 
 pub fn connect(c: Connect) -> Result<()> {
+    let opts = gwos_tls_front::client::ConnectOptions::from_args(c)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(gwos_tls_front::client::run_connect(gwos_tls_front::client::ConnectOptions {
-        listen: c.listen,
-        server: c.server,
-        pin: c.pin,
-        server_name: c.server_name,
-    }))
+    rt.block_on(gwos_tls_front::client::run_connect(opts))
 }
 
 /// Runs one control command; returns the process exit status (0 ok, 1 refused).

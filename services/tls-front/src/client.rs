@@ -1,16 +1,74 @@
 //! `gwos connect`: a local UDP port for any stock WireGuard client; its
 //! datagrams go framed over TLS 1.3 to tls-front, whose certificate must match
 //! the pinned SPKI sha256. Reconnects when the TLS connection drops.
+//!
+//! Optionally each TCP connection attempt (the first and every reconnect) is
+//! preceded by an SPA knock (fwknop wire format, `gwos_spa::client`) asking
+//! for `tcp/<the TLS port>`, then a short wait for the gateway to open it.
+//! Optionally a client certificate is presented (gateways with `client_ca`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use zeroize::Zeroizing;
 
 use crate::frame;
+use crate::tls::ClientAuth;
+
+/// The command line of `gwos connect` (and of the crate's `gwos-connect`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// Gateway tls-front address, host:port.
+    #[arg(long)]
+    pub server: String,
+    /// sha256 of the gateway's SPKI, hex (tls-front `health` reports it as spki_sha256).
+    #[arg(long)]
+    pub pin: String,
+    /// Local UDP address to give the WireGuard client as its Endpoint.
+    #[arg(long, default_value = "127.0.0.1:51821")]
+    pub listen: SocketAddr,
+    /// TLS server name (the certificate is pinned, not name-checked).
+    #[arg(long, default_value = "gwos")]
+    pub server_name: String,
+    /// PEM client certificate (chain, leaf first) for gateways that require mTLS (`client_ca`).
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// Seconds allowed for the TCP connect plus the TLS handshake of one attempt.
+    #[arg(long, default_value_t = 10)]
+    pub connect_timeout_secs: u64,
+    #[command(flatten)]
+    pub knock: KnockArgs,
+}
+
+/// SPA knock before each connection attempt (all optional; a key file turns it on).
+#[derive(Debug, Clone, clap::Args)]
+pub struct KnockArgs {
+    /// Knock first: file with the SPA keys, as `fwknop --key-gen` prints them
+    /// (`KEY_BASE64: …` and `HMAC_KEY_BASE64: …` lines; mode 0600). Keys are never printed.
+    #[arg(long, requires = "knock_user")]
+    pub knock_key_file: Option<PathBuf>,
+    /// SPA user name (the gateway's spa stanza).
+    #[arg(long, requires = "knock_key_file")]
+    pub knock_user: Option<String>,
+    /// Gateway's SPA UDP port.
+    #[arg(long, default_value_t = 62201)]
+    pub knock_port: u16,
+    /// Address to open (default: this host's source address toward the gateway;
+    /// 0.0.0.0 = the packet's source, for gateway stanzas that allow it).
+    #[arg(long)]
+    pub knock_allow_ip: Option<Ipv4Addr>,
+    /// Milliseconds to wait after a knock before connecting.
+    #[arg(long, default_value_t = 300)]
+    pub knock_wait_ms: u64,
+}
 
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -22,32 +80,250 @@ pub struct ConnectOptions {
     pub pin: String,
     /// TLS server name to send (the certificate is pinned, not name-checked).
     pub server_name: String,
+    /// Client certificate for mTLS.
+    pub client_auth: Option<ClientAuth>,
+    /// Limit on TCP connect + TLS handshake per attempt.
+    pub connect_timeout: Duration,
+    /// SPA knock before every attempt.
+    pub knock: Option<KnockConfig>,
 }
 
-/// Opens one pinned TLS connection (used by the client and the tests).
-pub async fn dial(
-    server: &str,
-    server_name: &str,
-    pin: &str,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let cfg = Arc::new(crate::tls::client_config(pin)?);
-    let tcp = TcpStream::connect(server).await.with_context(|| format!("connecting to {server}"))?;
-    tcp.set_nodelay(true)?;
-    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).context("server name")?;
-    tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.context("TLS handshake with the gateway")
+impl ConnectOptions {
+    /// Reads the files the command line names (client certificate, knock keys).
+    pub fn from_args(a: ConnectArgs) -> Result<Self> {
+        let client_auth = match (&a.client_cert, &a.client_key) {
+            (Some(c), Some(k)) => Some(ClientAuth::from_pem_files(c, k)?),
+            (None, None) => None,
+            _ => anyhow::bail!("--client-cert and --client-key go together"),
+        };
+        let knock = match (&a.knock.knock_key_file, a.knock.knock_user) {
+            (Some(f), Some(user)) => Some(KnockConfig {
+                user,
+                keys: KnockKeys::load(f)?,
+                port: a.knock.knock_port,
+                allow_ip: a.knock.knock_allow_ip,
+                wait: Duration::from_millis(a.knock.knock_wait_ms),
+            }),
+            (None, None) => None,
+            _ => anyhow::bail!("--knock-key-file and --knock-user go together"),
+        };
+        anyhow::ensure!(a.connect_timeout_secs > 0, "--connect-timeout-secs must be positive");
+        Ok(Self {
+            listen: a.listen,
+            server: a.server,
+            pin: a.pin,
+            server_name: a.server_name,
+            client_auth,
+            connect_timeout: Duration::from_secs(a.connect_timeout_secs),
+            knock,
+        })
+    }
+}
+
+/// SPA keys (Rijndael and HMAC-SHA-256), as the gateway's stanza has them.
+#[derive(Clone)]
+pub struct KnockKeys {
+    key: Zeroizing<Vec<u8>>,
+    hmac: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for KnockKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KnockKeys(<redacted>)")
+    }
+}
+
+impl KnockKeys {
+    pub fn new(key: Vec<u8>, hmac: Vec<u8>) -> Self {
+        Self { key: Zeroizing::new(key), hmac: Zeroizing::new(hmac) }
+    }
+
+    /// Reads a key file: `fwknop --key-gen` output (`KEY_BASE64: <b64>`,
+    /// `HMAC_KEY_BASE64: <b64>`), also with a space or `=` instead of the
+    /// colon (fwknoprc style); `#` comments; optional `HMAC_DIGEST_TYPE`
+    /// and `ENCRYPTION_MODE`, which must be `sha256` and `cbc` (what the
+    /// encoder sends). Refuses files that group or others may read.
+    pub fn load(path: &Path) -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).with_context(|| format!("reading knock key file {}", path.display()))?;
+        let mode = meta.permissions().mode();
+        anyhow::ensure!(
+            mode & 0o077 == 0,
+            "knock key file {} is accessible by group or others (mode {:o}); chmod 600 it",
+            path.display(),
+            mode & 0o777
+        );
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path).with_context(|| format!("reading knock key file {}", path.display()))?,
+        );
+        Self::parse(&text).with_context(|| format!("knock key file {}", path.display()))
+    }
+
+    /// The text form of [`KnockKeys::load`]. Errors name lines, never values.
+    pub fn parse(text: &str) -> Result<Self> {
+        let (mut key, mut hmac) = (None, None);
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let cut = line.find(|c: char| c == ':' || c == '=' || c.is_whitespace()).unwrap_or(line.len());
+            let (name, rest) = line.split_at(cut);
+            let value = rest.trim_start_matches(|c: char| c == ':' || c == '=' || c.is_whitespace()).trim();
+            let n = i + 1;
+            let decode = |v: &str| {
+                gwos_spa::crypto::b64d_strict(v)
+                    .map(Zeroizing::new)
+                    .ok_or_else(|| anyhow::anyhow!("line {n}: {name} is not base64"))
+            };
+            match name {
+                "KEY_BASE64" => {
+                    anyhow::ensure!(key.is_none(), "line {n}: KEY_BASE64 given twice");
+                    key = Some(decode(value)?);
+                }
+                "HMAC_KEY_BASE64" => {
+                    anyhow::ensure!(hmac.is_none(), "line {n}: HMAC_KEY_BASE64 given twice");
+                    hmac = Some(decode(value)?);
+                }
+                "HMAC_DIGEST_TYPE" => {
+                    anyhow::ensure!(value.eq_ignore_ascii_case("sha256"), "line {n}: only HMAC_DIGEST_TYPE sha256 is supported")
+                }
+                "ENCRYPTION_MODE" => {
+                    anyhow::ensure!(value.eq_ignore_ascii_case("cbc"), "line {n}: only ENCRYPTION_MODE cbc is supported")
+                }
+                _ => anyhow::bail!("line {n}: unknown setting {name:?}"),
+            }
+        }
+        let key = key.context("no KEY_BASE64 line")?;
+        let hmac = hmac.context("no HMAC_KEY_BASE64 line (the gateway requires HMAC)")?;
+        anyhow::ensure!(!key.is_empty() && key.len() <= 32, "KEY_BASE64 must decode to 1..32 bytes");
+        anyhow::ensure!(!hmac.is_empty() && hmac.len() <= 128, "HMAC_KEY_BASE64 must decode to 1..128 bytes");
+        anyhow::ensure!(*key != *hmac, "the HMAC key must differ from the encryption key");
+        Ok(Self { key, hmac })
+    }
+}
+
+/// Knock settings of a connection.
+#[derive(Debug, Clone)]
+pub struct KnockConfig {
+    pub user: String,
+    pub keys: KnockKeys,
+    /// Gateway's SPA UDP port.
+    pub port: u16,
+    /// Address to open; `None`: this host's source address toward the gateway.
+    pub allow_ip: Option<Ipv4Addr>,
+    /// Wait after the knock before connecting.
+    pub wait: Duration,
+}
+
+impl KnockConfig {
+    /// Sends one knock for `tcp/<tls.port()>` to the gateway at `tls.ip()`.
+    pub fn send(&self, tls: SocketAddr) -> Result<()> {
+        let allow_ip = match self.allow_ip {
+            Some(a) => a,
+            None => source_toward(tls)?,
+        };
+        let knock = gwos_spa::client::Knock {
+            user: self.user.clone(),
+            allow_ip,
+            access: vec![gwos_spa::packet::ProtoPort { tcp: true, port: tls.port() }],
+            client_timeout: 0,
+            timestamp: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64,
+        };
+        let dest = SocketAddr::new(tls.ip(), self.port);
+        gwos_spa::client::send(&knock, &self.keys.key, Some(&self.keys.hmac), dest).context("sending the SPA knock")?;
+        eprintln!("gwos connect: knocked {dest} as {} for tcp/{} (allow ip {allow_ip})", self.user, tls.port());
+        Ok(())
+    }
+}
+
+/// The IPv4 address this host sends from toward `dest` (0.0.0.0 for IPv6
+/// gateways: SPA allow IPs are IPv4, and 0.0.0.0 means the packet source).
+fn source_toward(dest: SocketAddr) -> Result<Ipv4Addr> {
+    if !dest.is_ipv4() {
+        return Ok(Ipv4Addr::UNSPECIFIED);
+    }
+    let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    s.connect(dest).with_context(|| format!("no route to {dest}"))?;
+    Ok(match s.local_addr()?.ip() {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+    })
+}
+
+/// Opens pinned TLS connections to the gateway, knocking first if configured.
+pub struct Dialer {
+    cfg: Arc<rustls::ClientConfig>,
+    server: String,
+    name: rustls::pki_types::ServerName<'static>,
+    timeout: Duration,
+    knock: Option<KnockConfig>,
+}
+
+impl Dialer {
+    pub fn new(opts: &ConnectOptions) -> Result<Self> {
+        let cfg = Arc::new(crate::tls::client_config(&opts.pin, opts.client_auth.as_ref())?);
+        let name = rustls::pki_types::ServerName::try_from(opts.server_name.clone()).context("server name")?;
+        Ok(Self { cfg, server: opts.server.clone(), name, timeout: opts.connect_timeout, knock: opts.knock.clone() })
+    }
+
+    /// One attempt: resolve, knock (if set) and wait, TCP connect, TLS handshake.
+    pub async fn dial(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let addr = tokio::net::lookup_host(&self.server)
+            .await
+            .with_context(|| format!("resolving {}", self.server))?
+            .next()
+            .with_context(|| format!("{} has no address", self.server))?;
+        if let Some(k) = &self.knock {
+            k.send(addr)?;
+            tokio::time::sleep(k.wait).await;
+        }
+        let attempt = async {
+            let tcp = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+            tcp.set_nodelay(true)?;
+            tokio_rustls::TlsConnector::from(self.cfg.clone())
+                .connect(self.name.clone(), tcp)
+                .await
+                .context("TLS handshake with the gateway")
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => anyhow::bail!("no TLS connection to {addr} within {:?}", self.timeout),
+        }
+    }
+}
+
+/// Opens one pinned TLS connection without knock or client certificate.
+pub async fn dial(server: &str, server_name: &str, pin: &str) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    Dialer::new(&ConnectOptions {
+        listen: "127.0.0.1:0".parse()?,
+        server: server.into(),
+        pin: pin.into(),
+        server_name: server_name.into(),
+        client_auth: None,
+        connect_timeout: Duration::from_secs(10),
+        knock: None,
+    })?
+    .dial()
+    .await
 }
 
 /// Runs until an unrecoverable error (bad options); connection losses are retried.
 pub async fn run_connect(opts: ConnectOptions) -> Result<()> {
-    crate::tls::PinVerifier::new(&opts.pin)?;
+    let dialer = Dialer::new(&opts)?;
     let udp = UdpSocket::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
-    eprintln!("gwos connect: WireGuard endpoint {} → TLS {}", udp.local_addr()?, opts.server);
+    eprintln!(
+        "gwos connect: WireGuard endpoint {} → TLS {}{}",
+        udp.local_addr()?,
+        opts.server,
+        if opts.knock.is_some() { " (SPA knock before each connection)" } else { "" }
+    );
     let mut first = vec![0u8; frame::MAX_FRAME];
     let (n, mut wg) = udp.recv_from(&mut first).await?;
     let mut pending = Some(first[..n].to_vec());
     let mut backoff = Duration::from_millis(200);
     loop {
-        let tls = match dial(&opts.server, &opts.server_name, &opts.pin).await {
+        let tls = match dialer.dial().await {
             Ok(t) => {
                 backoff = Duration::from_millis(200);
                 t
@@ -63,7 +339,16 @@ pub async fn run_connect(opts: ConnectOptions) -> Result<()> {
         let mut out = Vec::new();
         if let Some(p) = pending.take() {
             frame::encode(&p, &mut out)?;
-            wr.write_all(&out).await?;
+            if let Err(e) = async {
+                wr.write_all(&out).await?;
+                wr.flush().await
+            }
+            .await
+            {
+                pending = Some(p);
+                eprintln!("gwos connect: {e}; reconnecting");
+                continue;
+            }
         }
         let mut dec = frame::Decoder::default();
         let mut inbuf = vec![0u8; 64 * 1024];
@@ -95,5 +380,83 @@ pub async fn run_connect(opts: ConnectOptions) -> Result<()> {
             }
         };
         eprintln!("gwos connect: {err:#}; reconnecting");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K: &str = "PLJiB9FhMc635yVDYsXCvEgWl7Q60iCQNQBvN1inQ04=";
+    const H: &str = "YTMMjQ9STIx2+a0R1557B7q8N8jd3Zt1ryxkCDxe1g6mRlhD9YheNvRXhDIYy8tOmVId8lrSScZlygiX0bsRxA==";
+
+    #[test]
+    fn key_file_formats_and_refusals() {
+        // `fwknop --key-gen` output
+        let k = KnockKeys::parse(&format!("KEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\n")).unwrap();
+        assert_eq!(*k.key, gwos_spa::crypto::b64d_strict(K).unwrap());
+        assert_eq!(*k.hmac, gwos_spa::crypto::b64d_strict(H).unwrap());
+        // fwknoprc style, comments, digest and mode lines
+        let k2 = KnockKeys::parse(&format!(
+            "# gw1\nKEY_BASE64      {K}\n\nHMAC_KEY_BASE64 {H}\nHMAC_DIGEST_TYPE sha256\nENCRYPTION_MODE CBC\n"
+        ))
+        .unwrap();
+        assert_eq!(*k2.key, *k.key);
+        assert_eq!(format!("{k:?}"), "KnockKeys(<redacted>)");
+        for (text, what) in [
+            (format!("KEY_BASE64: {K}\n"), "no HMAC_KEY_BASE64"),
+            (format!("HMAC_KEY_BASE64: {H}\n"), "no KEY_BASE64"),
+            (format!("KEY_BASE64: {K}\nHMAC_KEY_BASE64: {K}\n"), "must differ"),
+            (format!("KEY_BASE64: {K}\nKEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\n"), "twice"),
+            (format!("KEY_BASE64: {K}!\nHMAC_KEY_BASE64: {H}\n"), "not base64"),
+            (format!("KEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\nHMAC_DIGEST_TYPE sha512\n"), "sha256"),
+            (format!("KEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\nSPA_SERVER 1.2.3.4\n"), "unknown setting"),
+            (format!("KEY_BASE64: {}\nHMAC_KEY_BASE64: {H}\n", gwos_spa::crypto::b64e_nopad(&[1u8; 33])), "1..32"),
+        ] {
+            let e = format!("{:#}", KnockKeys::parse(&text).unwrap_err());
+            assert!(e.contains(what), "{what}: {e}");
+            assert!(!e.contains(K) && !e.contains(H) && !e.contains(&K[..20]), "key material in the error: {e}");
+        }
+    }
+
+    #[test]
+    fn key_file_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("knock.keys");
+        std::fs::write(&p, format!("KEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = format!("{:#}", KnockKeys::load(&p).unwrap_err());
+        assert!(e.contains("chmod 600") && !e.contains(K), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        KnockKeys::load(&p).unwrap();
+    }
+
+    #[test]
+    fn knock_is_a_valid_spa_packet_for_the_tls_port() {
+        // what the gateway would decode: user, allow IP, tcp/<TLS port>
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let k = KnockConfig {
+            user: "alice".into(),
+            keys: KnockKeys::parse(&format!("KEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\n")).unwrap(),
+            port: rx.local_addr().unwrap().port(),
+            allow_ip: None,
+            wait: Duration::ZERO,
+        };
+        k.send("127.0.0.1:8443".parse().unwrap()).unwrap();
+        let mut buf = [0u8; 1500];
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let n = rx.recv(&mut buf).unwrap();
+        let spa = gwos_spa::packet::preprocess(&buf[..n], false).unwrap();
+        let keys = gwos_spa::packet::Keys {
+            key: gwos_spa::crypto::b64d_strict(K).unwrap(),
+            hmac_key: Some(gwos_spa::crypto::b64d_strict(H).unwrap()),
+            hmac_type: gwos_spa::crypto::HashType::Sha256,
+            mode: gwos_spa::crypto::Mode::Cbc,
+        };
+        let f = gwos_spa::packet::decode_with(&spa, &keys).unwrap();
+        assert_eq!(f.username, "alice");
+        assert_eq!(f.allow_ip, Ipv4Addr::LOCALHOST);
+        assert_eq!(f.access, vec![gwos_spa::packet::ProtoPort { tcp: true, port: 8443 }]);
     }
 }

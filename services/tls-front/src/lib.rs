@@ -31,6 +31,7 @@ pub fn run(ctx: gwos_core::ServiceContext) -> Result<()> {
     let c2 = counters.clone();
     let handler: gwos_core::rpc::Handler = Arc::new(move |req, _peer| match req.method.as_str() {
         "health" => gwos_core::rpc::Response::ok(json!({
+            "healthy": true,
             "status": "ok",
             "spki_sha256": pin,
             "active": c2.active.load(Ordering::Relaxed),

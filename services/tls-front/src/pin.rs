@@ -4,8 +4,11 @@
 
 use sha2::{Digest, Sha256};
 
-/// Reads one DER TLV at the start of `b`: (tag, whole TLV, contents, rest).
-fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+/// One DER TLV: (tag, whole TLV, contents, rest of the input).
+type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+/// Reads one DER TLV at the start of `b`.
+fn tlv(b: &[u8]) -> Option<Tlv<'_>> {
     let tag = *b.first()?;
     let first = *b.get(1)? as usize;
     let (len, hdr) = if first < 0x80 {

@@ -98,6 +98,17 @@ pub async fn serve(
     service: String,
 ) -> Result<()> {
     let listener = TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    serve_on(listener, cfg, tls, counters, service).await
+}
+
+/// [`serve`] on a listener the caller bound (`cfg.listen` is not used).
+pub async fn serve_on(
+    listener: TcpListener,
+    cfg: FrontConfig,
+    tls: Arc<rustls::ServerConfig>,
+    counters: Arc<Counters>,
+    service: String,
+) -> Result<()> {
     let vpn: SocketAddr = cfg.vpn.parse().with_context(|| format!("[tls-front] vpn {:?}", cfg.vpn))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let cfg = Arc::new(cfg);

@@ -128,10 +128,52 @@ impl ServerCertVerifier for PinVerifier {
     }
 }
 
-pub fn client_config(pin_hex: &str) -> Result<rustls::ClientConfig> {
-    Ok(rustls::ClientConfig::builder_with_provider(provider())
+/// A client certificate chain and its key, for gateways that require mTLS.
+pub struct ClientAuth {
+    pub certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl std::fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientAuth").field("certs", &self.certs.len()).field("key", &"<redacted>").finish()
+    }
+}
+
+impl Clone for ClientAuth {
+    fn clone(&self) -> Self {
+        Self { certs: self.certs.clone(), key: self.key.clone_key() }
+    }
+}
+
+impl ClientAuth {
+    pub fn new(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Self {
+        Self { certs, key }
+    }
+
+    /// Reads a PEM certificate chain (leaf first) and a PEM private key
+    /// (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self> {
+        let pem = std::fs::read(cert).with_context(|| format!("reading client certificate {}", cert.display()))?;
+        let certs = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("parsing {}", cert.display()))?;
+        anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", cert.display());
+        let pem = zeroize::Zeroizing::new(std::fs::read(key).with_context(|| format!("reading client key {}", key.display()))?);
+        let key = rustls_pemfile::private_key(&mut pem.as_slice())
+            .with_context(|| format!("parsing {}", key.display()))?
+            .with_context(|| format!("{} holds no private key", key.display()))?;
+        Ok(Self { certs, key })
+    }
+}
+
+pub fn client_config(pin_hex: &str, auth: Option<&ClientAuth>) -> Result<rustls::ClientConfig> {
+    let b = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinVerifier::new(pin_hex)?))
-        .with_no_client_auth())
+        .with_custom_certificate_verifier(Arc::new(PinVerifier::new(pin_hex)?));
+    Ok(match auth {
+        None => b.with_no_client_auth(),
+        Some(a) => b.with_client_auth_cert(a.certs.clone(), a.key.clone_key()).context("client certificate and key")?,
+    })
 }
