@@ -15,6 +15,7 @@ const BASE_TRANSPORT: u32 = 2;
 const CMP_EQ: u32 = 0;
 const CMP_NEQ: u32 = 1;
 const META_IIFNAME: u32 = 6;
+const META_OIFNAME: u32 = 7;
 const META_NFPROTO: u32 = 15;
 const META_L4PROTO: u32 = 16;
 pub const NFPROTO_IPV4: u8 = 2;
@@ -73,6 +74,43 @@ pub fn iifname(name: &str) -> Vec<Expr> {
     let mut d = name.as_bytes().to_vec();
     d.push(0);
     vec![meta(META_IIFNAME, REG_1), cmp(true, d)]
+}
+
+/// `oifname "name"` (`eq`) or `oifname != "name"`.
+pub fn oifname(name: &str, eq: bool) -> Vec<Expr> {
+    let mut d = name.as_bytes().to_vec();
+    d.push(0);
+    vec![meta(META_OIFNAME, REG_1), cmp(eq, d)]
+}
+
+/// `ip saddr NET` (`src`) or `ip daddr NET`, after `nfproto(NFPROTO_IPV4)`:
+/// the address masked to the prefix and compared with the network; a /0
+/// matches every IPv4 packet and needs no expression at all.
+pub fn ipv4_net(src: bool, net: ipnet::Ipv4Net) -> Vec<Expr> {
+    let net = net.trunc();
+    if net.prefix_len() == 0 {
+        return Vec::new();
+    }
+    let mut v = vec![payload(true, if src { 12 } else { 16 }, 4, REG_1)];
+    if net.prefix_len() < 32 {
+        v.push(e(
+            "bitwise",
+            vec![
+                (sys::NFTNL_EXPR_BITWISE_SREG, Val::U32(REG_1)),
+                (sys::NFTNL_EXPR_BITWISE_DREG, Val::U32(REG_1)),
+                (sys::NFTNL_EXPR_BITWISE_LEN, Val::U32(4)),
+                (sys::NFTNL_EXPR_BITWISE_MASK, Val::Bytes(net.netmask().octets().to_vec())),
+                (sys::NFTNL_EXPR_BITWISE_XOR, Val::Bytes(vec![0; 4])),
+            ],
+        ));
+    }
+    v.push(cmp(true, net.network().octets().to_vec()));
+    v
+}
+
+/// `masquerade` (nat chains at the postrouting hook only).
+pub fn masquerade() -> Expr {
+    e("masq", vec![])
 }
 
 /// `th dport N` (after an l4proto match).

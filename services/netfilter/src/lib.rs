@@ -1,6 +1,7 @@
 //! Owns the nftables table `inet gwos`: the base ruleset init loads at boot
-//! ([`base::load`], one atomic batch) and the typed set operations spa, vpn
-//! and sessions use ([`spa_allow`], [`set_backend`], [`list_elements`]), all
+//! ([`base::load`], one atomic batch), the typed set operations spa, vpn
+//! and sessions use ([`spa_allow`], [`set_backend`], [`list_elements`]) and
+//! the vpn's per-user forward and masquerade chains ([`vpn::apply`]), all
 //! over netlink through libnftnl/libmnl ([`nl`]); no `nft` binary is needed.
 //! `gwos-nft-base` (src/bin) loads the same base ruleset from a site.toml so
 //! host tests use exactly the image's rules inside their namespaces.
@@ -21,6 +22,8 @@ pub const TABLE: &str = "gwos";
 pub enum Error {
     #[error("nftables: {0}: {1}")]
     Netlink(&'static str, std::io::Error),
+    #[error("nftables: {0}")]
+    Invalid(String),
 }
 
 /// Transport protocol of an SPA grant.

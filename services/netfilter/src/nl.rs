@@ -13,7 +13,7 @@ use std::io;
 use nftnl::nftnl_sys as sys;
 
 pub const FAMILY_INET: u16 = libc::NFPROTO_INET as u16;
-const BUF_SIZE: usize = 1 << 20;
+const BUF_SIZE: usize = 1 << 18;
 const MAX_MSG: usize = 1 << 16;
 
 pub struct Batch {
@@ -38,12 +38,17 @@ impl Batch {
         b
     }
 
-    /// Moves past the message the C code just wrote at `nlh`.
+    /// Moves past the message the C code just wrote at `nlh`, and grows the
+    /// buffer so at least MAX_MSG bytes stay free for the next one (`nlh`
+    /// must not be used afterwards: the buffer may have moved).
     unsafe fn advance(&mut self, nlh: *mut libc::nlmsghdr) {
         // SAFETY (caller): `nlh` points at a header written inside `buf` at `len`.
         let l = (*nlh).nlmsg_len as usize;
         self.len += (l + 3) & !3;
-        assert!(self.len + MAX_MSG <= self.buf.len(), "nftables batch too large");
+        assert!(self.len <= self.buf.len(), "nftables message overran the batch buffer");
+        if self.len + MAX_MSG > self.buf.len() {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
         self.seq += 1;
     }
 
@@ -201,6 +206,24 @@ impl Batch {
         self.msgs += 1;
     }
 
+    /// Deletes every rule of `chain` (`flush chain`: DELRULE with no handle).
+    pub fn flush_chain(&mut self, table: &str, chain: &str) {
+        let (t, c) = (cstr(table), cstr(chain));
+        // SAFETY: as in `table`: a rule object with two valid C strings, serialized into
+        // free buffer space, then freed.
+        unsafe {
+            let r = sys::nftnl_rule_alloc();
+            sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, t.as_ptr());
+            sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_CHAIN as u16, c.as_ptr());
+            sys::nftnl_rule_set_u32(r, sys::NFTNL_RULE_FAMILY as u16, FAMILY_INET as u32);
+            let nlh = self.hdr(libc::NFT_MSG_DELRULE, 0);
+            sys::nftnl_rule_nlmsg_build_payload(nlh, r);
+            sys::nftnl_rule_free(r);
+            self.advance(nlh);
+        }
+        self.msgs += 1;
+    }
+
     /// Sends the batch and waits for every ack; the first kernel error wins.
     pub fn commit(mut self) -> io::Result<()> {
         // SAFETY: batch_end writes one small header into the free space at `len`.
@@ -210,6 +233,10 @@ impl Batch {
         }
         let sock = mnl::Socket::new(mnl::Bus::Netfilter)?;
         set_rcv_timeout(&sock, 2)?;
+        // The whole batch goes in one datagram and the kernel queues one ack per
+        // message before we read any: size both buffers for large batches (as nft does).
+        size_buffer(&sock, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, self.len + 4096)?;
+        size_buffer(&sock, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, self.msgs as usize * ACK_TRUESIZE)?;
         sock.send(&self.buf[..self.len])?;
         let mut rbuf = vec![0u8; 1 << 16];
         let mut acks = 0;
@@ -248,6 +275,39 @@ impl Default for Batch {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Generous kernel memory charge of one queued ack (a small skb).
+const ACK_TRUESIZE: usize = 2048;
+/// Below this the default socket buffers (~208 KiB) are left alone.
+const DEFAULT_SOCKBUF: usize = 200 * 1024;
+
+/// Raises a socket buffer to `want` bytes when the default is too small:
+/// the FORCE option (CAP_NET_ADMIN, which every caller of this crate holds)
+/// ignores net.core.[rw]mem_max; the plain one is tried if it is refused.
+fn size_buffer(sock: &mnl::Socket, opt: i32, force: i32, want: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if want <= DEFAULT_SOCKBUF {
+        return Ok(());
+    }
+    // the kernel doubles the value it is given
+    let v: libc::c_int = (want / 2 + 1).min(i32::MAX as usize) as libc::c_int;
+    let set = |o: i32| {
+        // SAFETY: setsockopt on a socket we own with a correctly sized int.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                o,
+                &v as *const libc::c_int as *const c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        }
+    };
+    if set(force) == 0 || set(opt) == 0 {
+        return Ok(());
+    }
+    Err(io::Error::last_os_error())
 }
 
 fn set_rcv_timeout(sock: &mnl::Socket, secs: i64) -> io::Result<()> {

@@ -2,93 +2,91 @@
 //! of table `inet gwos` lets each tunnel address reach only its allowed
 //! networks, drops client-to-client traffic (gw0 → gw0) and everything else
 //! coming from the tunnel; chain `vpn_postrouting` masquerades tunnel traffic
-//! toward internal networks. The vpn rewrites both chains whole on every
-//! change (one atomic nft transaction), so a deleted user's rules vanish with
-//! the same commit that adds the others'.
+//! leaving through any other interface. The vpn rewrites both chains whole on
+//! every change, in one netlink batch (create-if-missing, flush, re-add), so
+//! a deleted user's rules vanish in the same transaction that re-adds the
+//! others' and a refused batch leaves the previous rules in place.
 //!
-//! Today the transaction is handed to `nft -f -` when that binary exists (host
-//! tests, dev images); the netlink path the image needs is still to be written
-//! (the vpn also enforces source address and allowed destinations itself).
+//! The base ruleset ([`crate::base::load`], loaded by init first) creates
+//! `vpn_forward` empty and its `forward` chain (policy drop) accepts
+//! established/related traffic, then jumps here; what this chain does not
+//! accept returns there and is dropped. The rules, as `nft list` shows them:
+//!
+//! ```text
+//! chain vpn_forward {
+//!     oifname "gw0" ct state established,related accept
+//!     iifname "gw0" oifname "gw0" counter drop
+//!     iifname "gw0" ip saddr <user> ip daddr <allowed net> accept   (per user, per net)
+//!     iifname "gw0" counter drop
+//! }
+//! chain vpn_postrouting {
+//!     type nat hook postrouting priority srcnat; policy accept;
+//!     iifname "gw0" oifname != "gw0" ip saddr <pool> masquerade
+//! }
+//! ```
+//!
+//! The vpn also enforces source address and allowed destinations itself
+//! before a packet reaches gw0; these rules are the kernel's second line.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+
+use ipnet::Ipv4Net;
+
+use crate::expr::*;
+use crate::nl::{Batch, Expr};
+use crate::{Error, TABLE};
+
+pub const CHAIN_FORWARD: &str = "vpn_forward";
+pub const CHAIN_POSTROUTING: &str = "vpn_postrouting";
+/// `srcnat`
+const PRIO_SRCNAT: i32 = 100;
 
 /// One user's forward policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserRule {
     pub address: Ipv4Addr,
-    /// Allowed destination networks as CIDR text (already validated).
-    pub allowed: Vec<String>,
-}
-
-fn valid_cidr(s: &str) -> bool {
-    let (ip, len) = s.split_once('/').unwrap_or((s, "32"));
-    ip.parse::<Ipv4Addr>().is_ok() && len.parse::<u8>().map(|l| l <= 32).unwrap_or(false)
+    /// Allowed destination networks (host bits are ignored).
+    pub allowed: Vec<Ipv4Net>,
 }
 
 fn valid_ifname(s: &str) -> bool {
     !s.is_empty() && s.len() < 16 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Renders the nft transaction for `iface`, the pool and the users.
-pub fn render(iface: &str, pool: &str, users: &[UserRule]) -> Result<String, String> {
+/// The transaction for `iface`, the pool and the users (nothing is sent).
+fn batch(iface: &str, pool: Ipv4Net, users: &[UserRule]) -> Result<Batch, Error> {
     if !valid_ifname(iface) {
-        return Err(format!("bad interface name {iface:?}"));
+        return Err(Error::Invalid(format!("bad interface name {iface:?}")));
     }
-    if !valid_cidr(pool) {
-        return Err(format!("bad pool {pool:?}"));
-    }
-    let mut s = String::new();
-    s += "add table inet gwos\n";
-    s += "add chain inet gwos vpn_forward\n";
-    s += "flush chain inet gwos vpn_forward\n";
-    s += "add chain inet gwos vpn_postrouting { type nat hook postrouting priority srcnat; policy accept; }\n";
-    s += "flush chain inet gwos vpn_postrouting\n";
-    s += &format!("add rule inet gwos vpn_forward oifname \"{iface}\" ct state established,related accept\n");
-    s += &format!("add rule inet gwos vpn_forward iifname \"{iface}\" oifname \"{iface}\" counter drop\n");
+    let t = TABLE;
+    let mut b = Batch::new();
+    b.table(t, false);
+    b.chain(t, CHAIN_FORWARD, None);
+    b.flush_chain(t, CHAIN_FORWARD);
+    b.chain(t, CHAIN_POSTROUTING, Some((libc::NF_INET_POST_ROUTING as u32, PRIO_SRCNAT, true, "nat")));
+    b.flush_chain(t, CHAIN_POSTROUTING);
+
+    let rule = |b: &mut Batch, chain: &str, parts: Vec<Vec<Expr>>| {
+        let exprs: Vec<_> = parts.into_iter().flatten().collect();
+        b.rule(t, chain, &exprs);
+    };
+    let ipv4 = || nfproto(NFPROTO_IPV4);
+    rule(&mut b, CHAIN_FORWARD, vec![oifname(iface, true), ct_state(CT_ESTABLISHED | CT_RELATED), vec![accept()]]);
+    rule(&mut b, CHAIN_FORWARD, vec![iifname(iface), oifname(iface, true), vec![counter(), drop()]]);
     for u in users {
-        let nets: Vec<&str> = u.allowed.iter().map(String::as_str).filter(|n| valid_cidr(n)).collect();
-        if nets.len() != u.allowed.len() {
-            return Err(format!("bad allowed network for {}", u.address));
+        let me = Ipv4Net::from(u.address);
+        for net in &u.allowed {
+            rule(&mut b, CHAIN_FORWARD, vec![iifname(iface), ipv4(), ipv4_net(true, me), ipv4_net(false, *net), vec![accept()]]);
         }
-        if nets.is_empty() {
-            continue;
-        }
-        s += &format!(
-            "add rule inet gwos vpn_forward iifname \"{iface}\" ip saddr {} ip daddr {{ {} }} accept\n",
-            u.address,
-            nets.join(", ")
-        );
     }
-    s += &format!("add rule inet gwos vpn_forward iifname \"{iface}\" counter drop\n");
-    s += &format!(
-        "add rule inet gwos vpn_postrouting iifname \"{iface}\" oifname != \"{iface}\" ip saddr {pool} masquerade\n"
-    );
-    Ok(s)
+    rule(&mut b, CHAIN_FORWARD, vec![iifname(iface), vec![counter(), drop()]]);
+    rule(&mut b, CHAIN_POSTROUTING, vec![iifname(iface), oifname(iface, false), ipv4(), ipv4_net(true, pool), vec![masquerade()]]);
+    Ok(b)
 }
 
-/// Applies the rendered rules in one transaction.
-pub fn apply(iface: &str, pool: &str, users: &[UserRule]) -> Result<(), String> {
-    let script = render(iface, pool, users)?;
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("running nft: {e}"))?;
-    child
-        .stdin
-        .take()
-        .ok_or("nft stdin")?
-        .write_all(script.as_bytes())
-        .map_err(|e| format!("writing to nft: {e}"))?;
-    let out = child.wait_with_output().map_err(|e| format!("waiting for nft: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("nft refused the vpn rules: {}", String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    Ok(())
+/// Replaces both chains with the rules for these users in one transaction.
+pub fn apply(iface: &str, pool: Ipv4Net, users: &[UserRule]) -> Result<(), Error> {
+    batch(iface, pool, users)?.commit().map_err(|e| Error::Netlink("replacing the vpn forward rules", e))
 }
 
 #[cfg(test)]
@@ -96,17 +94,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_per_user_rules_and_rejects_bad_input() {
-        let users = vec![
-            UserRule { address: Ipv4Addr::new(10, 77, 0, 2), allowed: vec!["10.99.1.0/24".into()] },
-            UserRule { address: Ipv4Addr::new(10, 77, 0, 3), allowed: vec![] },
-        ];
-        let s = render("gw0", "10.77.0.0/24", &users).unwrap();
-        assert!(s.contains("ip saddr 10.77.0.2 ip daddr { 10.99.1.0/24 } accept"));
-        assert!(!s.contains("10.77.0.3"));
-        assert!(s.contains("iifname \"gw0\" oifname \"gw0\" counter drop"));
-        assert!(render("gw0;x", "10.77.0.0/24", &users).is_err());
-        let bad = vec![UserRule { address: Ipv4Addr::new(10, 77, 0, 2), allowed: vec!["1.2.3.4/99".into()] }];
-        assert!(render("gw0", "10.77.0.0/24", &bad).is_err());
+    fn rejects_bad_interface_names_before_any_netlink() {
+        let pool: Ipv4Net = "10.77.0.0/24".parse().unwrap();
+        for bad in ["", "gw0;x", "gw0\"", "a-very-long-ifname", "gw 0"] {
+            assert!(matches!(batch(bad, pool, &[]), Err(Error::Invalid(_))), "{bad:?} accepted");
+        }
+        let users = vec![UserRule { address: Ipv4Addr::new(10, 77, 0, 2), allowed: vec!["10.99.1.0/24".parse().unwrap()] }];
+        assert!(batch("gw0", pool, &users).is_ok());
+        assert!(batch("wg_1-x", pool, &users).is_ok());
     }
 }

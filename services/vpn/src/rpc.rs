@@ -63,7 +63,7 @@ impl Service {
     pub fn handle(&self, req: Request, peer: Peer) -> Response {
         let method = req.method.clone();
         let result = match method.as_str() {
-            "health" => Ok(json!({"status": "ok", "users": self.lock().users.len(), "public_key": self.server_public})),
+            "health" => Ok(json!({"healthy": true, "status": "ok", "users": self.lock().users.len(), "public_key": self.server_public})),
             "vpn_user_create" => self.create(req.params),
             "vpn_user_delete" => self.delete(req.params),
             "update_ccd" => self.update_ccd(req.params),
@@ -99,10 +99,10 @@ impl Service {
             .values()
             .map(|u| gwos_netfilter::vpn::UserRule {
                 address: u.address,
-                allowed: u.allowed.iter().map(|n| n.to_string()).collect(),
+                allowed: u.allowed.clone(),
             })
             .collect();
-        gwos_netfilter::vpn::apply(&self.cfg.interface, &self.pool.to_string(), &rules).map_err(anyhow::Error::msg)
+        gwos_netfilter::vpn::apply(&self.cfg.interface, self.pool, &rules).context("programming the vpn firewall rules")
     }
 
     fn save(&self, users: &Users) -> Result<()> {
