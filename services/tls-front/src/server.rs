@@ -183,6 +183,19 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
+    let r = carry_loop(&mut rd, &mut wr, &udp, idle).await;
+    if r.as_ref().is_err_and(|e| e.to_string() == "idle") {
+        // a clean TLS close (close_notify), so the client sees an ordinary EOF
+        let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+    }
+    r
+}
+
+async fn carry_loop<R, W>(rd: &mut R, wr: &mut W, udp: &UdpSocket, idle: Duration) -> Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
     let mut dec = frame::Decoder::default();
     let mut inbuf = vec![0u8; 64 * 1024];
     let mut dgram = vec![0u8; frame::MAX_FRAME];
