@@ -231,6 +231,10 @@ pub fn build(a: &Args) -> Result<Built> {
         ],
         build_id.as_bytes(),
     )?;
+    let state_part = disk.find("state")?;
+    let state_img = work.join("state.ext4");
+    let state_uuid = uuid::Builder::from_random_bytes(derive(&build_id, "state-uuid")[..16].try_into()?).into_uuid();
+    crate::statefs::mkfs(&state_img, state_part.size(), epoch, state_uuid)?;
     let img_path = out.join("gwos.img");
     let tmp = out.join("gwos.img.tmp");
     {
@@ -255,6 +259,7 @@ pub fn build(a: &Args) -> Result<Built> {
         let va = disk.find("verity-a")?;
         put(&mut f, va.offset(), &tree.hash_area)?;
         put(&mut f, va.offset() + va.size() - MANIFEST_REGION_SIZE, &envelope)?;
+        put(&mut f, state_part.offset(), &std::fs::read(&state_img)?)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, &img_path)?;

@@ -81,21 +81,56 @@ fn dev_keys(dir: &Path) -> Result<(ReleaseKey, String)> {
     Ok((k, line))
 }
 
-/// The [site] table with the dev control key added to [control] authorized_keys.
+/// QEMU user networking's host address as the guest sees it (`make run`).
+pub const DEV_BACKEND: &str = "10.0.2.2/32";
+
+/// The [site] table with the dev control key added to `[[control.keys]]`
+/// (admin). When the site names no backend network, the dev image also
+/// accepts the control channel from [`DEV_BACKEND`] (firewall and control),
+/// so `make run` can be administered from the host; a site that sets
+/// `backend` keeps exactly its own list.
 pub fn site_with_dev_control(site: &toml::Table, key: Option<&str>) -> toml::Table {
     let mut site = site.clone();
-    if let Some(key) = key {
-        let control = site.entry("control").or_insert_with(|| toml::Value::Table(Default::default()));
-        if let toml::Value::Table(t) = control {
-            let list = t.entry("authorized_keys").or_insert_with(|| toml::Value::Array(vec![]));
-            if let toml::Value::Array(a) = list {
-                let mut e = toml::Table::new();
-                e.insert("name".into(), "dev-control".into());
-                e.insert("key".into(), key.into());
-                e.insert("scopes".into(), toml::Value::Array(vec!["admin".into()]));
-                a.push(toml::Value::Table(e));
-            }
+    let Some(key) = key else { return site };
+    let mut entry = toml::Table::new();
+    entry.insert("key".into(), format!("{key} gwos-dev-control").into());
+    entry.insert("scopes".into(), toml::Value::Array(vec!["admin".into()]));
+    entry.insert("comment".into(), "DEVELOPMENT key (out/keys/dev-control)".into());
+    push(&mut site, "control", "keys", toml::Value::Table(entry));
+    for section in ["firewall", "control"] {
+        let empty = site.get(section).and_then(|t| t.get("backend")).and_then(|b| b.as_array()).is_none_or(|a| a.is_empty());
+        if empty {
+            push(&mut site, section, "backend", DEV_BACKEND.into());
         }
     }
     site
+}
+
+fn push(site: &mut toml::Table, section: &str, key: &str, v: toml::Value) {
+    let t = site.entry(section).or_insert_with(|| toml::Value::Table(Default::default()));
+    if let toml::Value::Table(t) = t {
+        if let toml::Value::Array(a) = t.entry(key).or_insert_with(|| toml::Value::Array(vec![])) {
+            a.push(v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod dev_site_tests {
+    use super::*;
+
+    #[test]
+    fn dev_key_lands_in_control_keys_and_backend_only_when_unset() {
+        let s = site_with_dev_control(&toml::Table::new(), Some("ssh-ed25519 AAAA"));
+        let c = s["control"].as_table().unwrap();
+        assert_eq!(c["keys"][0]["key"].as_str(), Some("ssh-ed25519 AAAA gwos-dev-control"));
+        assert_eq!(c["keys"][0]["scopes"][0].as_str(), Some("admin"));
+        assert_eq!(c["backend"][0].as_str(), Some(DEV_BACKEND));
+        assert_eq!(s["firewall"]["backend"][0].as_str(), Some(DEV_BACKEND));
+        let site: toml::Table = toml::from_str("[firewall]\nbackend = [\"192.0.2.9/32\"]\n[control]\nbackend = [\"192.0.2.9/32\"]\n").unwrap();
+        let s = site_with_dev_control(&site, Some("ssh-ed25519 AAAA"));
+        assert_eq!(s["control"]["backend"].as_array().unwrap().len(), 1);
+        assert_eq!(s["firewall"]["backend"].as_array().unwrap().len(), 1);
+        assert_eq!(site_with_dev_control(&site, None), site);
+    }
 }

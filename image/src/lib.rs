@@ -19,4 +19,5 @@ pub mod erofs;
 pub mod keys;
 pub mod report;
 pub mod rootfs;
+pub mod statefs;
 pub mod verify;

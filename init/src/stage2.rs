@@ -46,6 +46,7 @@ pub fn main(t0_ms: u64) -> ! {
         Ok(t) => t,
         Err(e) => console::fatal(&format!("service table {SERVICES}: {e:#}")),
     };
+    tun_device(&table);
     let buttons = shutdown::watch_power_button();
     console::say(&format!("watching {buttons} input devices for the power button"));
     let mut sup = match Supervisor::new(&table, "/sbin/init") {
@@ -89,6 +90,20 @@ fn harden_and_connect(site: &gwos_core::SiteConfig) -> Result<()> {
     console::say(&format!("network: {}", net::configure(&netcfg).context("network")?));
     console::say(&format!("state: {}", state::mount_var()?));
     Ok(())
+}
+
+/// devtmpfs makes /dev/net/tun root:root 0600 (there is no udev to relax
+/// it): give it to the vpn's group, which still needs CAP_NET_ADMIN to create
+/// an interface with it (better than CAP_DAC_OVERRIDE for the vpn).
+fn tun_device(table: &table::Table) {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(vpn) = table.service.iter().find(|s| s.name == "vpn") else { return };
+    let r = std::os::unix::fs::chown("/dev/net/tun", Some(0), Some(vpn.gid))
+        .and_then(|_| std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o660)));
+    match r {
+        Ok(()) => console::say(&format!("/dev/net/tun: root:{} 0660", vpn.gid)),
+        Err(e) => console::say(&format!("/dev/net/tun: {e} (the vpn cannot create gw0)")),
+    }
 }
 
 fn load_table() -> Result<table::Table> {
