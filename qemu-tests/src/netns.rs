@@ -33,6 +33,26 @@ impl NetNs {
         Ok(ns)
     }
 
+    /// A second namespace routed through this one (a remote client's site):
+    /// a veth pair, `outer` (CIDR) on this side, `inner` (CIDR) in the new
+    /// namespace with its default route via `outer`; this namespace forwards.
+    pub fn behind(&self, tag: &str, outer: &str, inner: &str) -> Result<NetNs> {
+        let name = format!("gwq{}-{tag}", std::process::id());
+        ip(&["netns", "add", &name])?;
+        let ns = NetNs { name, tap: String::new() };
+        ip(&["-n", &self.name, "link", "add", "vx0", "type", "veth", "peer", "name", "vx1", "netns", &ns.name])?;
+        ip(&["-n", &self.name, "addr", "add", outer, "dev", "vx0"])?;
+        ip(&["-n", &self.name, "link", "set", "vx0", "up"])?;
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        ip(&["-n", &ns.name, "addr", "add", inner, "dev", "vx1"])?;
+        ip(&["-n", &ns.name, "link", "set", "vx1", "up"])?;
+        let via = outer.split('/').next().unwrap_or(outer);
+        ip(&["-n", &ns.name, "route", "add", "default", "via", via])?;
+        let o = self.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        ensure!(o.status.success(), "enabling forwarding in {}: {}", self.name, String::from_utf8_lossy(&o.stderr));
+        Ok(ns)
+    }
+
     /// Runs a command inside the namespace.
     pub fn exec(&self, cmd: &str, args: &[&str]) -> Result<Output> {
         Command::new("ip").args(["netns", "exec", &self.name, cmd]).args(args).output().with_context(|| format!("running {cmd} in {}", self.name))

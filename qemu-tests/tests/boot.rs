@@ -312,3 +312,167 @@ fn test_config() -> serde_json::Value {
     let t = std::fs::read_to_string(gwos_qemu_tests::workspace().join("qemu-tests/test-image.toml")).unwrap();
     serde_json::to_value(toml::from_str::<toml::Value>(&t).unwrap()).unwrap()
 }
+
+/// Child processes killed when the test ends, pass or fail.
+struct Kids(Vec<std::process::Child>);
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The VPN end to end in the image, as a remote user would use it: the
+/// backend creates the user over the control channel (OpenSSH), the user's
+/// site (a namespace behind the remote network) runs Debian's `wireguard-go`
+/// with the returned config and `gwos connect`, which knocks (SPA) and then
+/// carries WireGuard over TLS to tls-front → vpn in the guest. The user
+/// reaches the gateway's tunnel address and the internal host its policy
+/// allows (masqueraded), not another internal host; `vpn_user_delete` cuts
+/// the live session.
+#[test]
+fn vpn_user_through_knock_tls_and_tunnel() {
+    for t in ["ssh", "wireguard-go", "wg", "ping"] {
+        need_tool(t);
+    }
+    let img = test_image().unwrap();
+    let wd = workdir();
+    let disk = copy_image(&img.join("gwos.img"), wd.path()).unwrap();
+    // Remote network: .2 guest's gateway, .100 backend, .60 internal host the user may
+    // reach, .70 one it may not. The user's site 192.168.77.0/24 is routed through it.
+    let ns = NetNs::new("vpn", &["10.0.2.2/24", "10.0.2.100/24", "10.0.2.60/24", "10.0.2.70/24"]).unwrap();
+    let site = ns.behind("usr", "192.168.77.1/24", "192.168.77.2/24").unwrap();
+    let mut q = Qemu::start(&disk, direct_boot(&img, "").unwrap(), Some(&ns)).unwrap();
+    q.wait_for("gwos: ready slot=A version=0.1.0 boot_ms=", BOOT).unwrap();
+
+    let key = wd.path().join("backend_ed25519");
+    std::fs::copy(gwos_qemu_tests::workspace().join("qemu-tests/fixtures/backend_ed25519"), &key).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let ctl = |cmd: &str, req: serde_json::Value| -> serde_json::Value {
+        let req_file = wd.path().join("req.json");
+        std::fs::write(&req_file, req.to_string()).unwrap();
+        let (ok, out) = ns_sh(
+            &ns,
+            &format!(
+                "timeout 60 ssh -p 2222 -i {} -o BindAddress=10.0.2.100 -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o LogLevel=ERROR gwctl@10.0.2.15 {cmd} < {}",
+                key.display(),
+                req_file.display()
+            ),
+        );
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{cmd}: {e}: {out}"));
+        assert!(ok && v["ok"] == true, "{cmd} failed: {v}");
+        v
+    };
+    let health = ctl("health", serde_json::json!({}));
+    let pin = health["tls_spki_sha256"].as_str().unwrap_or_else(|| panic!("no TLS pin in health: {health}")).to_string();
+
+    let wg = |args: &[&str], input: &str| -> String {
+        use std::io::Write;
+        let mut c = std::process::Command::new("wg").args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success());
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    let private = wg(&["genkey"], "");
+    let public = wg(&["pubkey"], &private);
+    let created = ctl("vpn_user_create", serde_json::json!({"user": "bob", "public_key": public, "allowed": ["10.0.2.60/32"]}));
+    eprintln!("vpn_user_create: {created}");
+    let cfg = created["client_config"].as_str().unwrap_or_else(|| panic!("no client_config: {created}"));
+    assert!(cfg.contains("<CLIENT_PRIVATE_KEY>") && !cfg.contains(&private), "{cfg}");
+    let address = created["address"].as_str().unwrap().to_string();
+    let gateway = created["gateway_address"].as_str().unwrap().to_string();
+
+    // The user's side: gwos connect (knocking with alice's stanza) and wireguard-go.
+    let tc = test_config();
+    let user = &tc["site"]["spa"]["users"][0];
+    let knock = wd.path().join("knock.keys");
+    std::fs::write(&knock, format!("KEY_BASE64: {}\nHMAC_KEY_BASE64: {}\n", user["key_base64"].as_str().unwrap(), user["hmac_key_base64"].as_str().unwrap())).unwrap();
+    std::fs::set_permissions(&knock, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let gwos = std::env::var_os("GWOS_BIN").map(std::path::PathBuf::from).unwrap_or_else(|| gwos_qemu_tests::workspace().join("target/release/gwos"));
+    let mut kids = Kids(vec![]);
+    let connect_log = wd.path().join("connect.log");
+    kids.0.push(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &site.name])
+            .arg(&gwos)
+            .args(["connect", "--server", "10.0.2.15:443", "--pin", &pin, "--knock-user", "alice", "--knock-key-file"])
+            .arg(&knock)
+            .stdout(std::fs::File::create(&connect_log).unwrap())
+            .stderr(std::fs::File::create(wd.path().join("connect.err")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // The client claims the whole remote network (AllowedIPs widened on purpose): the
+    // gateway's policy, not the client's config, must keep it away from .70.
+    let conf: String = cfg
+        .replace("<CLIENT_PRIVATE_KEY>", &private)
+        .lines()
+        .filter(|l| !["Address", "DNS", "MTU"].iter().any(|k| l.starts_with(k)))
+        .map(|l| if l.starts_with("AllowedIPs") { format!("AllowedIPs = {gateway}/32, 10.0.2.0/24\n") } else { format!("{l}\n") })
+        .collect();
+    let conf_file = wd.path().join("wg0.conf");
+    std::fs::write(&conf_file, conf).unwrap();
+    kids.0.push(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &site.name, "wireguard-go", "-f", "wg0"])
+            .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    while !site.exec("ip", &["link", "show", "wg0"]).unwrap().status.success() {
+        assert!(t.elapsed() < Duration::from_secs(10), "wireguard-go never made wg0");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for script in [
+        format!("wg setconf wg0 {}", conf_file.display()),
+        format!("ip addr add {address} dev wg0"),
+        "ip link set wg0 mtu 1380 up".to_string(),
+        format!("ip route add {gateway}/32 dev wg0"),
+        "ip route add 10.0.2.60/32 dev wg0".to_string(),
+        "ip route add 10.0.2.70/32 dev wg0".to_string(),
+    ] {
+        let (ok, out) = ns_sh(&site, &script);
+        assert!(ok, "{script}: {out}");
+    }
+    let ping = |dst: &str| ns_sh(&site, &format!("ping -n -c 2 -i 0.3 -W 3 {dst}"));
+    let t = Instant::now();
+    let mut first = ping(&gateway);
+    while !first.0 && t.elapsed() < Duration::from_secs(30) {
+        first = ping(&gateway);
+    }
+    eprintln!("tunnel up (ping {gateway}) after {:.1} s", t.elapsed().as_secs_f64());
+    assert!(
+        first.0,
+        "no ping to the gateway's tunnel address:\n{}\nconnect: {}{}\nconsole:\n{}",
+        first.1,
+        std::fs::read_to_string(&connect_log).unwrap_or_default(),
+        std::fs::read_to_string(wd.path().join("connect.err")).unwrap_or_default(),
+        q.console_text()
+    );
+    let (ok, out) = ping("10.0.2.60");
+    assert!(ok, "allowed internal host unreachable:\n{out}");
+    let (ok, out) = ping("10.0.2.70");
+    assert!(!ok, "internal host outside the user's policy reachable:\n{out}");
+    // The same packets pass once the backend widens the policy (update_ccd): the drop was the gateway's.
+    ctl("update_ccd", serde_json::json!({"user": "bob", "allowed": ["10.0.2.60/32", "10.0.2.70/32"]}));
+    let (ok, out) = ping("10.0.2.70");
+    assert!(ok, "10.0.2.70 still unreachable after update_ccd allowed it:\n{out}");
+    let status = ctl("vpn_status", serde_json::json!({}));
+    assert!(status.to_string().contains("\"bob\""), "{status}");
+
+    ctl("vpn_user_delete", serde_json::json!({"user": "bob"}));
+    let (ok, out) = ping("10.0.2.60");
+    assert!(!ok, "deleted user's session still carries traffic:\n{out}");
+    drop(kids);
+
+    let before = q.console_text().len();
+    q.monitor("system_powerdown").unwrap();
+    let c = q.wait_exit(Duration::from_secs(60)).unwrap();
+    assert!(c[before..].contains("gwos: powering off"), "{}", &c[before..]);
+}

@@ -221,6 +221,14 @@ impl Control {
         }
     }
 
+    fn tls_pin(&self) -> Value {
+        let path = gwos_core::context::socket_path(&self.run_dir, "tls-front");
+        match gwos_core::rpc::call(&path, "health", json!({}), None, std::time::Duration::from_secs(2)) {
+            Ok(r) if r.ok => r.result.get("spki_sha256").cloned().unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    }
+
     fn execute(&self, command: &str, params: Params, key: &crate::keys::Key, trace_id: &str) -> Result<Value, String> {
         let to_value = |p: &dyn erased::Ser| p.value();
         match (command, params) {
@@ -240,7 +248,9 @@ impl Control {
                 "host_key_fingerprint": self.host_fingerprint,
                 "uptime_secs": self.started.elapsed().as_secs(),
                 "sessions": self.sessions.load(Ordering::Relaxed),
-                "services": {"spa": self.peer_health("spa"), "vpn": self.peer_health("vpn")},
+                "services": {"spa": self.peer_health("spa"), "vpn": self.peer_health("vpn"), "tls-front": self.peer_health("tls-front")},
+                // The pin `gwos connect --pin` needs; null when tls-front does not answer.
+                "tls_spki_sha256": self.tls_pin(),
             })),
             // vpn's RPC names the user `name` and nests the networks in `policy`.
             ("vpn_user_create", Params::VpnUserCreate(p)) => {
