@@ -28,7 +28,7 @@ fn main() -> anyhow::Result<()> {
     eprintln!("gwos-qemu: booting {} (OVMF, TCG). Reach it on this host:", disk.display());
     eprintln!("  SPA:      udp localhost:62201   (fwknop -A tcp/443 -D 127.0.0.1 ...)");
     eprintln!("  TLS:      tcp localhost:8443");
-    eprintln!("  control:  ssh -p 2222 gwctl@127.0.0.1 health");
+    eprintln!("  control:  ssh -i out/keys/dev-control -p 2222 gwctl@127.0.0.1 health   (development image: dev key, host = backend 10.0.2.2)");
     eprintln!("  quit: ctrl-a x");
     let st = Command::new("qemu-system-x86_64")
         .args(["-machine", "q35", "-accel", "tcg", "-m", "1024", "-nographic", "-serial", "mon:stdio"])
