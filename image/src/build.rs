@@ -134,6 +134,13 @@ pub fn build(a: &Args) -> Result<Built> {
     let staging = work.join("rootfs");
     rootfs::stage(&staging, &rootfs::Input { gwosd: &a.gwosd, extra_dir, os_release: &os_release, site_toml: &site_toml, release_keys: &key_files })?;
 
+    // PID 1 formats a blank state partition from this (image/src/statefs.rs).
+    let state_uuid = uuid::Builder::from_random_bytes(derive(&build_id, "state-uuid")[..16].try_into()?).into_uuid();
+    let tpl = staging.join(crate::statefs::TEMPLATE_PATH);
+    std::fs::create_dir_all(tpl.parent().expect("template has a parent"))?;
+    std::fs::write(&tpl, crate::statefs::template(&work, epoch, state_uuid)?)?;
+    std::fs::set_permissions(&tpl, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+
     steps.step("mkfs.erofs");
     let erofs_path = slot_dir.join("root.erofs");
     let fs_uuid = uuid::Builder::from_random_bytes(derive(&build_id, "erofs-uuid")[..16].try_into()?).into_uuid();
@@ -231,10 +238,6 @@ pub fn build(a: &Args) -> Result<Built> {
         ],
         build_id.as_bytes(),
     )?;
-    let state_part = disk.find("state")?;
-    let state_img = work.join("state.ext4");
-    let state_uuid = uuid::Builder::from_random_bytes(derive(&build_id, "state-uuid")[..16].try_into()?).into_uuid();
-    crate::statefs::mkfs(&state_img, state_part.size(), epoch, state_uuid)?;
     let img_path = out.join("gwos.img");
     let tmp = out.join("gwos.img.tmp");
     {
@@ -259,7 +262,6 @@ pub fn build(a: &Args) -> Result<Built> {
         let va = disk.find("verity-a")?;
         put(&mut f, va.offset(), &tree.hash_area)?;
         put(&mut f, va.offset() + va.size() - MANIFEST_REGION_SIZE, &envelope)?;
-        put(&mut f, state_part.offset(), &std::fs::read(&state_img)?)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, &img_path)?;

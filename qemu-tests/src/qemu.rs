@@ -30,7 +30,7 @@ pub struct Qemu {
 impl Qemu {
     /// Boots `disk` (use a copy: the guest may write to it). With `netns`,
     /// QEMU runs inside that namespace and the guest NIC is its TAP device;
-    /// otherwise the guest has no network.
+    /// otherwise the guest's NIC is on an isolated user-mode network.
     pub fn start(disk: &Path, boot: Boot, netns: Option<&crate::NetNs>) -> Result<Qemu> {
         crate::need_tool("qemu-system-x86_64");
         let dir = tempfile::Builder::new().prefix("gwos-qemu").tempdir()?;
@@ -59,7 +59,9 @@ impl Qemu {
                 args.extend(["-netdev".into(), format!("tap,id=n0,ifname={},script=no,downscript=no", ns.tap)]);
                 args.extend(["-device".into(), "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56".into()]);
             }
-            None => args.extend(["-nic".into(), "none".into()]),
+            // A NIC on an isolated user-mode network (restrict=on: nothing reaches the host
+            // or beyond), so images whose site config names an address still find eth0.
+            None => args.extend(["-nic".into(), "user,model=virtio-net-pci,restrict=on,net=10.0.2.0/24".into()]),
         }
         let mut cmd = match netns {
             Some(ns) => {

@@ -243,8 +243,11 @@ fn gateway_services_knock_tls_control() {
     for svc in ["spa", "tls-front", "vpn", "control"] {
         assert!(c.contains(&format!("service {svc} healthy")), "{svc} not healthy:\n{c}");
     }
+    // First boot: the image's blank state partition is formatted from the template and grown.
     let state = line_with(&c, "gwos: state: ").unwrap_or_else(|| panic!("no state line:\n{c}"));
-    assert!(state.contains("ext4") && !state.contains("NOT persistent"), "{state}");
+    assert!(state.contains("was blank: formatted ext4") && state.contains("grown to 16384 blocks"), "{state}");
+    let pin_of = |c: &str| c.lines().find(|l| l.contains("\"tls.start\"")).and_then(|l| l.split("\"spki_sha256\":\"").nth(1)).map(|r| r[..64].to_string());
+    let pin = pin_of(&c).unwrap_or_else(|| panic!("no tls.start event:\n{c}"));
     assert!(!tcp_open(&ns, "10.0.2.50", 443), "tcp/443 open before any knock");
 
     // Packets to the guest leave from X unless a test binds another address.
@@ -305,6 +308,17 @@ fn gateway_services_knock_tls_control() {
     q.monitor("system_powerdown").unwrap();
     let c = q.wait_exit(Duration::from_secs(60)).unwrap();
     assert!(c[before..].contains("gwos: powering off"), "{}", &c[before..]);
+    drop(q);
+
+    // Second boot of the same disk: /var is kept (not formatted again), so is the
+    // per-machine TLS key made on the first boot.
+    let mut q = Qemu::start(&disk, direct_boot(&img, "").unwrap(), Some(&ns)).unwrap();
+    let c = q.wait_for("gwos: ready slot=A version=0.1.0 boot_ms=", BOOT).unwrap();
+    let state = line_with(&c, "gwos: state: ").unwrap_or_else(|| panic!("no state line:\n{c}"));
+    assert!(state.contains("ext4 at /var (16384 blocks)") && !state.contains("blank"), "{state}");
+    assert_eq!(pin_of(&c).as_deref(), Some(pin.as_str()), "TLS key changed across reboots");
+    q.monitor("system_powerdown").unwrap();
+    q.wait_exit(Duration::from_secs(60)).unwrap();
 }
 
 /// qemu-tests/test-image.toml as JSON (the test reads its own fixtures from it).
