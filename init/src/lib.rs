@@ -16,6 +16,7 @@ pub mod gpt_find;
 pub mod mounts;
 pub mod net;
 pub mod sandbox;
+pub mod seccomp;
 pub mod services;
 pub mod shutdown;
 pub mod stage1;

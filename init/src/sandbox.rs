@@ -4,10 +4,11 @@
 //! rlimits, unshares its mount namespace (everything read-only except its
 //! state dir, `/run/gwos` and declared paths; a private /tmp), drops to its
 //! uid/gid keeping only the declared capabilities (bounding, permitted,
-//! effective, inheritable, ambient), sets no_new_privs and installs a seccomp
-//! filter. Without `GWOS_SANDBOX` (host tests) nothing happens.
+//! effective, inheritable, ambient), sets no_new_privs and installs the
+//! seccomp allowlist ([`crate::seccomp`]) last. Without `GWOS_SANDBOX` (host
+//! tests) nothing happens.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use anyhow::{Context, Result};
 use caps::{CapSet, Capability};
@@ -40,7 +41,9 @@ fn apply(s: &Spec) -> Result<()> {
     mount_namespace(s)?;
     drop_privileges(s)?;
     nix::sys::prctl::set_no_new_privs().context("no_new_privs")?;
-    seccomp()
+    // Last: every syscall above (cgroup, rlimits, unshare, mount, setres*id,
+    // capset, prctl) is on the seccomp NEVER list, so nothing may come after it.
+    crate::seccomp::install(&s.name)
 }
 
 fn rlimits(nofile: u64) -> Result<()> {
@@ -92,39 +95,4 @@ fn drop_privileges(s: &Spec) -> Result<()> {
     }
     nix::sys::prctl::set_keepcaps(false)?;
     Ok(())
-}
-
-/// Syscalls no gateway service needs; they fail with EPERM. This is a
-/// denylist (default allow) — an allowlist per service is future work.
-pub const DENIED: &[i64] = &[
-    libc::SYS_mount, libc::SYS_umount2, libc::SYS_pivot_root, libc::SYS_chroot, libc::SYS_kexec_load,
-    libc::SYS_kexec_file_load, libc::SYS_init_module, libc::SYS_finit_module, libc::SYS_delete_module,
-    libc::SYS_reboot, libc::SYS_swapon, libc::SYS_swapoff, libc::SYS_ptrace, libc::SYS_process_vm_readv,
-    libc::SYS_process_vm_writev, libc::SYS_bpf, libc::SYS_perf_event_open, libc::SYS_userfaultfd,
-    libc::SYS_keyctl, libc::SYS_add_key, libc::SYS_request_key, libc::SYS_acct, libc::SYS_settimeofday,
-    libc::SYS_clock_settime, libc::SYS_clock_adjtime, libc::SYS_adjtimex, libc::SYS_setns, libc::SYS_unshare,
-    libc::SYS_open_by_handle_at, libc::SYS_name_to_handle_at, libc::SYS_iopl, libc::SYS_ioperm,
-    libc::SYS_quotactl, libc::SYS_syslog, libc::SYS_personality, libc::SYS_vhangup, libc::SYS_sethostname,
-    libc::SYS_setdomainname, libc::SYS_fsopen, libc::SYS_fsmount, libc::SYS_move_mount, libc::SYS_open_tree,
-];
-
-fn seccomp() -> Result<()> {
-    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
-    let rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED.iter().map(|n| (*n, vec![])).collect();
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), TargetArch::x86_64)
-        .map_err(|e| anyhow::anyhow!("seccomp filter: {e}"))?;
-    let prog: BpfProgram = filter.try_into().map_err(|e: seccompiler::BackendError| anyhow::anyhow!("seccomp compile: {e}"))?;
-    seccompiler::apply_filter(&prog).map_err(|e| anyhow::anyhow!("seccomp apply: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn seccomp_filter_compiles() {
-        use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
-        let rules = super::DENIED.iter().map(|n| (*n, vec![])).collect();
-        let f = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(1), TargetArch::x86_64).unwrap();
-        let p: BpfProgram = f.try_into().unwrap();
-        assert!(!p.is_empty());
-    }
 }

@@ -51,6 +51,8 @@ fn selftest(ctx: ServiceContext) -> anyhow::Result<()> {
         "selftest: uid={} gid={} CapEff={} CapBnd={} CapAmb={} NoNewPrivs={} Seccomp={} write /etc: {etc}; write /var/lib/gwos: {var}; own state dir: {own}",
         status_line("Uid:"), status_line("Gid:"), status_line("CapEff:"), status_line("CapBnd:"), status_line("CapAmb:"), status_line("NoNewPrivs:"), status_line("Seccomp:")
     );
+    // The allowlist at work: a NEVER syscall and an unlisted one fail with EPERM, a listed one works.
+    eprintln!("selftest: seccomp probe: {}", crate::seccomp::probe());
     let path = ctx.socket_path(&ctx.name);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let handler: gwos_core::rpc::Handler = Arc::new(|req, _peer| match req.method.as_str() {
