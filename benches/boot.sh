@@ -28,7 +28,7 @@ W=$(echo "$LINES" | med wall_s)
   echo "| figure (median of $RUNS) | value |"
   echo "|---|---|"
   echo "| kernel start → PID 1 (guest clock) | ${K} ms |"
-  echo "| PID 1 start → ready line (verify manifest, dm-verity, EROFS, switch root, firewall, state, all services healthy) | ${R} ms |"
+  echo "| PID 1 start → ready line (verify manifest, dm-verity, EROFS, switch root, firewall, first-boot format of /var, all services healthy) | ${R} ms |"
   echo "| power-on → ready line, wall time incl. OVMF and systemd-boot | ${W} s |"
   echo
   echo "Per boot:"
