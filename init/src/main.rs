@@ -11,6 +11,12 @@ use gwos_init::{sandbox, services, stage1, stage2};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("run") {
+        // PID 1 blocks every signal (it takes them with sigtimedwait) and a
+        // child inherits that mask across exec: unblock, or the supervisor's
+        // SIGTERM at shutdown would wait out the grace period for SIGKILL.
+        if let Err(e) = nix::sys::signal::SigSet::all().thread_unblock() {
+            eprintln!("gwosd run: unblocking signals: {e}");
+        }
         std::process::exit(match sandbox::apply_from_env().and_then(|_| run_service(&args[2..])) {
             Ok(()) => 0,
             Err(e) => {

@@ -65,6 +65,8 @@ fn direct_boot_ready_supervise_firewall_shutdown() {
     assert!(st.contains("uid=899 899 899 899"), "{st}");
     assert!(st.contains("CapEff=0000000000000000") && st.contains("CapBnd=0000000000000000"), "{st}");
     assert!(st.contains("NoNewPrivs=1") && st.contains("Seccomp=2"), "{st}");
+    let probe = line_with(&c, "selftest: seccomp probe:").unwrap_or_else(|| panic!("no seccomp probe:\n{c}"));
+    assert!(probe.contains("unshare=EPERM") && probe.contains("getpriority=EPERM") && probe.contains("getppid=ok"), "{probe}");
     assert!(st.contains("write /etc: Read-only file system"), "{st}");
     assert!(st.contains("write /var/lib/gwos: Read-only file system"), "{st}");
     assert!(st.contains("own state dir: writable"), "{st}");
@@ -111,6 +113,7 @@ fn direct_boot_ready_supervise_firewall_shutdown() {
     let tail = &c[before..];
     assert!(tail.contains("gwos: power button pressed"), "{tail}");
     assert!(tail.contains("gwos: shutdown (PowerOff)"), "{tail}");
+    assert!(!tail.contains("ignored SIGTERM"), "services did not stop on SIGTERM:\n{tail}");
     assert!(tail.contains("gwos: powering off"), "{tail}");
 }
 
