@@ -12,7 +12,7 @@ pub fn parse(text: &str, key: &str) -> Option<String> {
         .filter_map(|w| w.split_once('='))
         .filter(|(k, _)| *k == key)
         .map(|(_, v)| v.to_string())
-        .last()
+        .next_back()
 }
 
 /// `gwos.test=a,b` flags (only test images and test boots set them).

@@ -41,7 +41,7 @@ fn header(name: &str, flags: u32, targets: &[Target]) -> Result<Vec<u8>> {
         }
         let mut params = t.params.as_bytes().to_vec();
         params.push(0);
-        while (SPEC_SIZE + params.len()) % 8 != 0 {
+        while !(SPEC_SIZE + params.len()).is_multiple_of(8) {
             params.push(0);
         }
         let next = (SPEC_SIZE + params.len()) as u32;
@@ -144,7 +144,7 @@ mod tests {
 
     #[test]
     fn decodes_dev() {
-        assert_eq!(decode_dev((253 << 8) | 0), (253, 0));
+        assert_eq!(decode_dev(253 << 8), (253, 0));
         assert_eq!(decode_dev((253 << 8) | 0x12 | (0x300 << 12)), (253, 0x312));
     }
 }

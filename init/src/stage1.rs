@@ -35,7 +35,7 @@ pub fn main(t0_ms: u64) -> ! {
     }
     let init = CString::new("/sbin/init").expect("no NUL");
     let env = [CString::new(format!("GWOS_T0_MS={t0_ms}")).expect("no NUL")];
-    let e = nix::unistd::execve(&init, &[init.clone()], &env);
+    let e = nix::unistd::execve(&init, std::slice::from_ref(&init), &env);
     console::fatal(&format!("exec /sbin/init in the verified root: {e:?}"))
 }
 

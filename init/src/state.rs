@@ -95,7 +95,10 @@ const TEMPLATE_MAGIC: &[u8; 8] = b"GWOSST01";
 
 /// Checks a template (see image/src/statefs.rs) against a partition of
 /// `part_size` bytes; returns (block size, fs blocks, records).
-fn parse_template(t: &[u8], part_size: u64) -> Result<(usize, u64, Vec<(u64, &[u8])>)> {
+/// (block size, file system blocks, (block index, data) records)
+type Template<'a> = (usize, u64, Vec<(u64, &'a [u8])>);
+
+fn parse_template(t: &[u8], part_size: u64) -> Result<Template<'_>> {
     if t.len() < 24 || &t[..8] != TEMPLATE_MAGIC {
         bail!("not a gwos state template (bad magic)");
     }
