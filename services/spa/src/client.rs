@@ -100,9 +100,19 @@ pub fn cli(args: &[String]) -> anyhow::Result<()> {
         let mut val = || it.next().cloned().ok_or_else(|| anyhow::anyhow!("{a} needs a value"));
         match a.as_str() {
             "--user" => user = Some(val()?),
-            "--key-base64" => key = Some(crypto::b64d_strict(&val()?).ok_or_else(|| anyhow::anyhow!("--key-base64 is not base64"))?),
+            "--key-base64" => {
+                key = Some(zeroize::Zeroizing::new(crypto::b64d_strict(&val()?).ok_or_else(|| anyhow::anyhow!("--key-base64 is not base64"))?))
+            }
             "--hmac-key-base64" => {
-                hkey = Some(crypto::b64d_strict(&val()?).ok_or_else(|| anyhow::anyhow!("--hmac-key-base64 is not base64"))?)
+                hkey = Some(zeroize::Zeroizing::new(
+                    crypto::b64d_strict(&val()?).ok_or_else(|| anyhow::anyhow!("--hmac-key-base64 is not base64"))?,
+                ))
+            }
+            // Keys on the command line are visible to other local users (ps); a file is not.
+            "--key-file" => {
+                let k = crate::keyfile::KnockKeys::load(std::path::Path::new(&val()?))?;
+                key = Some(zeroize::Zeroizing::new(k.key().to_vec()));
+                hkey = Some(zeroize::Zeroizing::new(k.hmac().to_vec()));
             }
             "--access" => {
                 access = val()?
@@ -117,7 +127,7 @@ pub fn cli(args: &[String]) -> anyhow::Result<()> {
             other => anyhow::bail!("unknown argument {other:?}"),
         }
     }
-    let dest = dest.ok_or_else(|| anyhow::anyhow!("usage: gwos knock <gateway[:port]> --user U --key-base64 K --hmac-key-base64 H [--access tcp/443] [--allow-ip IP|--source]"))?;
+    let dest = dest.ok_or_else(|| anyhow::anyhow!("usage: gwos knock <gateway[:port]> --user U (--key-file F | --key-base64 K --hmac-key-base64 H) [--access tcp/443] [--allow-ip IP|--source]"))?;
     let dest: SocketAddr = match dest.parse() {
         Ok(sa) => sa,
         Err(_) => {
@@ -148,8 +158,47 @@ pub fn cli(args: &[String]) -> anyhow::Result<()> {
         client_timeout: timeout,
         timestamp: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64,
     };
-    let key = key.ok_or_else(|| anyhow::anyhow!("--key-base64 is required"))?;
-    send(&knock, &key, hkey.as_deref(), dest)?;
+    let key = key.ok_or_else(|| anyhow::anyhow!("--key-file or --key-base64 is required"))?;
+    send(&knock, &key, hkey.as_ref().map(|h| h.as_slice()), dest)?;
     eprintln!("knocked {dest} as {} for {} (allow ip {allow_ip})", knock.user, knock.access.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","));
     Ok(())
+}
+
+#[cfg(test)]
+mod cli_tests {
+    const K: &str = "PLJiB9FhMc635yVDYsXCvEgWl7Q60iCQNQBvN1inQ04=";
+    const H: &str = "YTMMjQ9STIx2+a0R1557B7q8N8jd3Zt1ryxkCDxe1g6mRlhD9YheNvRXhDIYy8tOmVId8lrSScZlygiX0bsRxA==";
+
+    /// `gwos knock --key-file` sends a packet the gateway's decoder accepts with those keys.
+    #[test]
+    fn knock_with_key_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("knock.keys");
+        std::fs::write(&f, format!("KEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\n")).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let args: Vec<String> = [&rx.local_addr().unwrap().to_string(), "--user", "alice", "--access", "tcp/8443", "--key-file", f.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        super::cli(&args).unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, _) = rx.recv_from(&mut buf).unwrap();
+        let spa = crate::packet::preprocess(&buf[..n], false).unwrap();
+        let keys = crate::packet::Keys {
+            key: crate::crypto::b64d_strict(K).unwrap(),
+            hmac_key: Some(crate::crypto::b64d_strict(H).unwrap()),
+            hmac_type: crate::crypto::HashType::Sha256,
+            mode: crate::crypto::Mode::Cbc,
+        };
+        let p = crate::packet::decode_with(&spa, &keys).unwrap();
+        assert_eq!(p.username, "alice");
+        assert_eq!(p.access, vec![crate::packet::ProtoPort { tcp: true, port: 8443 }]);
+        // A readable key file is refused before anything is sent.
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = format!("{:#}", super::cli(&args).unwrap_err());
+        assert!(e.contains("chmod 600"), "{e}");
+    }
 }

@@ -5,6 +5,7 @@
 //! decision leaves as an event line. `client` is the `gwos knock` encoder.
 
 pub mod client;
+pub mod keyfile;
 pub mod crypto;
 pub mod packet;
 pub mod ratelimit;
