@@ -170,6 +170,16 @@ impl Batch {
 
     /// Appends a rule made of `exprs` to `chain`.
     pub fn rule(&mut self, table: &str, chain: &str, exprs: &[Expr]) {
+        self.rule_msg(libc::NFT_MSG_NEWRULE, libc::NLM_F_CREATE | libc::NLM_F_APPEND, table, chain, exprs);
+    }
+
+    /// Deletes every rule of `chain` (`flush chain`: DELRULE with no handle).
+    pub fn flush_chain(&mut self, table: &str, chain: &str) {
+        self.rule_msg(libc::NFT_MSG_DELRULE, 0, table, chain, &[]);
+    }
+
+    /// One rule message (`ty`, `flags`) for `chain` carrying `exprs`.
+    fn rule_msg(&mut self, ty: i32, flags: i32, table: &str, chain: &str, exprs: &[Expr]) {
         let (t, c) = (cstr(table), cstr(chain));
         // SAFETY: each expression is allocated by name and filled with attributes whose
         // data pointers stay valid for the call (libnftnl copies); ownership of every expr
@@ -198,25 +208,7 @@ impl Batch {
                 }
                 sys::nftnl_rule_add_expr(r, e);
             }
-            let nlh = self.hdr(libc::NFT_MSG_NEWRULE, libc::NLM_F_CREATE | libc::NLM_F_APPEND);
-            sys::nftnl_rule_nlmsg_build_payload(nlh, r);
-            sys::nftnl_rule_free(r);
-            self.advance(nlh);
-        }
-        self.msgs += 1;
-    }
-
-    /// Deletes every rule of `chain` (`flush chain`: DELRULE with no handle).
-    pub fn flush_chain(&mut self, table: &str, chain: &str) {
-        let (t, c) = (cstr(table), cstr(chain));
-        // SAFETY: as in `table`: a rule object with two valid C strings, serialized into
-        // free buffer space, then freed.
-        unsafe {
-            let r = sys::nftnl_rule_alloc();
-            sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, t.as_ptr());
-            sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_CHAIN as u16, c.as_ptr());
-            sys::nftnl_rule_set_u32(r, sys::NFTNL_RULE_FAMILY as u16, FAMILY_INET as u32);
-            let nlh = self.hdr(libc::NFT_MSG_DELRULE, 0);
+            let nlh = self.hdr(ty, flags);
             sys::nftnl_rule_nlmsg_build_payload(nlh, r);
             sys::nftnl_rule_free(r);
             self.advance(nlh);
