@@ -209,23 +209,16 @@ impl Control {
         }
     }
 
-    fn peer_health(&self, service: &str) -> Value {
+    /// A peer's `health`: (status for the report, its result when it answered ok).
+    fn peer_health(&self, service: &str) -> (Value, Option<Value>) {
         let path = gwos_core::context::socket_path(&self.run_dir, service);
         if !path.exists() {
-            return json!("unavailable");
+            return (json!("unavailable"), None);
         }
         match gwos_core::rpc::call(&path, "health", json!({}), None, std::time::Duration::from_secs(2)) {
-            Ok(r) if r.ok => json!("ok"),
-            Ok(r) => json!(format!("error: {}", r.error.unwrap_or_default())),
-            Err(e) => json!(format!("unavailable: {e}")),
-        }
-    }
-
-    fn tls_pin(&self) -> Value {
-        let path = gwos_core::context::socket_path(&self.run_dir, "tls-front");
-        match gwos_core::rpc::call(&path, "health", json!({}), None, std::time::Duration::from_secs(2)) {
-            Ok(r) if r.ok => r.result.get("spki_sha256").cloned().unwrap_or(Value::Null),
-            _ => Value::Null,
+            Ok(r) if r.ok => (json!("ok"), Some(r.result)),
+            Ok(r) => (json!(format!("error: {}", r.error.unwrap_or_default())), None),
+            Err(e) => (json!(format!("unavailable: {e}")), None),
         }
     }
 
@@ -242,16 +235,19 @@ impl Control {
                     .collect();
                 Ok(json!({"commands": cmds, "scopes": key.scopes.list()}))
             }
-            ("health", _) => Ok(json!({
-                "service": "control",
-                "status": "ok",
-                "host_key_fingerprint": self.host_fingerprint,
-                "uptime_secs": self.started.elapsed().as_secs(),
-                "sessions": self.sessions.load(Ordering::Relaxed),
-                "services": {"spa": self.peer_health("spa"), "vpn": self.peer_health("vpn"), "tls-front": self.peer_health("tls-front")},
-                // The pin `gwos connect --pin` needs; null when tls-front does not answer.
-                "tls_spki_sha256": self.tls_pin(),
-            })),
+            ("health", _) => {
+                let (tls, tls_health) = self.peer_health("tls-front");
+                Ok(json!({
+                    "service": "control",
+                    "status": "ok",
+                    "host_key_fingerprint": self.host_fingerprint,
+                    "uptime_secs": self.started.elapsed().as_secs(),
+                    "sessions": self.sessions.load(Ordering::Relaxed),
+                    "services": {"spa": self.peer_health("spa").0, "vpn": self.peer_health("vpn").0, "tls-front": tls},
+                    // The pin `gwos connect --pin` needs; null when tls-front does not answer.
+                    "tls_spki_sha256": tls_health.and_then(|h| h.get("spki_sha256").cloned()).unwrap_or(Value::Null),
+                }))
+            }
             // vpn's RPC names the user `name` and nests the networks in `policy`.
             ("vpn_user_create", Params::VpnUserCreate(p)) => {
                 let mut v = json!({"name": p.user, "public_key": p.public_key});
