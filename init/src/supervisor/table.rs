@@ -142,10 +142,16 @@ pub fn memory_value(s: &str) -> Result<String> {
 mod tests {
     use super::*;
 
+    /// The shipped table parses and runs each gateway service as the uid the
+    /// local RPC callers check for (gwos_core::rpc::SERVICE_UIDS), gid = uid.
     #[test]
     fn shipped_table_parses() {
         let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rootfs/etc/gwos/services.toml")).unwrap();
-        parse(&text).unwrap();
+        let t = parse(&text).unwrap();
+        for (name, uid) in gwos_core::rpc::SERVICE_UIDS {
+            let s = t.service.iter().find(|s| s.name == *name).unwrap_or_else(|| panic!("{name} not in the shipped table"));
+            assert_eq!((s.uid, s.gid), (*uid, *uid), "{name}");
+        }
     }
 
     #[test]

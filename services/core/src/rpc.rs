@@ -119,8 +119,12 @@ async fn serve_conn(stream: tokio::net::UnixStream, allowed: &[u32], handler: Ha
     }
 }
 
-/// The fixed uid of each gateway service (the service table uses the same).
-pub const SERVICE_UIDS: &[(&str, u32)] = &[("spa", 801), ("vpn", 802), ("tls-front", 803), ("control", 804)];
+/// control's uid: the one caller spa, vpn and tls-front accept besides root.
+pub const CONTROL_UID: u32 = 804;
+
+/// The fixed uid of each gateway service (rootfs/etc/gwos/services.toml uses
+/// the same; init's tests check that).
+pub const SERVICE_UIDS: &[(&str, u32)] = &[("spa", 801), ("vpn", 802), ("tls-front", 803), ("control", CONTROL_UID)];
 
 /// `/run/gwos` is writable by every service, so a compromised service could
 /// bind another's socket name first. Before sending a request to

@@ -50,7 +50,7 @@ impl Default for SpaConfig {
         Self {
             port: 62201,
             bind: "::".into(),
-            control_uid: 804,
+            control_uid: gwos_core::rpc::CONTROL_UID,
             max_age_secs: 120,
             default_ports: vec!["tcp/443".into()],
             default_timeout_secs: users::DEFAULT_TIMEOUT,

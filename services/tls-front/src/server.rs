@@ -44,7 +44,7 @@ impl Default for FrontConfig {
             max_per_source: 16,
             client_ca: None,
             server_name: "gwos".into(),
-            control_uid: 804,
+            control_uid: gwos_core::rpc::CONTROL_UID,
         }
     }
 }

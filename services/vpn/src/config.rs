@@ -41,7 +41,7 @@ impl Default for VpnConfig {
             endpoints: vec!["127.0.0.1:51821".into()],
             dns: vec![],
             default_allowed: vec![],
-            control_uid: 804,
+            control_uid: gwos_core::rpc::CONTROL_UID,
             nftables: true,
         }
     }
