@@ -134,9 +134,9 @@ pub fn build(a: &Args) -> Result<Built> {
     let staging = work.join("rootfs");
     rootfs::stage(&staging, &rootfs::Input { gwosd: &a.gwosd, extra_dir, os_release: &os_release, site_toml: &site_toml, release_keys: &key_files })?;
 
-    // PID 1 formats a blank state partition from this (image/src/statefs.rs).
+    // PID 1 formats a blank state partition from this (gwos_core::state_template).
     let state_uuid = uuid::Builder::from_random_bytes(derive(&build_id, "state-uuid")[..16].try_into()?).into_uuid();
-    let tpl = staging.join(crate::statefs::TEMPLATE_PATH);
+    let tpl = staging.join(crate::statefs::template_path());
     std::fs::create_dir_all(tpl.parent().expect("template has a parent"))?;
     std::fs::write(&tpl, crate::statefs::template(&work, epoch, state_uuid)?)?;
     std::fs::set_permissions(&tpl, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;

@@ -1,24 +1,20 @@
-//! The state partition's file system template. PID 1 has no mkfs, so the
-//! image carries an empty ext4 (made here by Debian's `mke2fs` with a fixed
-//! UUID, hash seed and clock, so the same inputs give the same bytes) as a
-//! list of its non-zero blocks, at [`TEMPLATE_PATH`] in the verified root.
-//! On a boot that finds the state partition blank (first boot, or after an
-//! operator wiped it) PID 1 writes those blocks to the partition, then grows
-//! the file system to the partition (init/src/state.rs). The image's state
-//! partition itself is left blank, so every first boot takes that path.
-//!
-//! Format (little endian): magic `GWOSST01`, u32 block size, u64 file
-//! system size in blocks, u32 record count, then per record a u64 block
-//! index and one block of data, indices strictly increasing.
+//! The state partition's file system template (format and its reader in
+//! `gwos_core::state_template`). PID 1 has no mkfs, so the image carries an
+//! empty ext4, made here by Debian's `mke2fs` with a fixed UUID, hash seed and
+//! clock (so the same inputs give the same bytes), as the list of its
+//! non-zero blocks. The image's state partition itself is left blank, so
+//! every first boot formats it from the template (init/src/state.rs).
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use uuid::Uuid;
 
-pub const TEMPLATE_PATH: &str = "usr/lib/gwos/state-template";
-pub const MAGIC: &[u8; 8] = b"GWOSST01";
-const BLOCK: usize = 4096;
+/// [`gwos_core::state_template::PATH`] relative to the staged root.
+pub fn template_path() -> &'static str {
+    gwos_core::state_template::PATH.trim_start_matches('/')
+}
+
 /// Template file system size; PID 1 grows it to the partition.
 pub const TEMPLATE_BYTES: u64 = 32 << 20;
 
@@ -42,43 +38,12 @@ pub fn template(work: &Path, epoch: u64, uuid: Uuid) -> Result<Vec<u8>> {
     anyhow::ensure!(o.status.success(), "mkfs.ext4 for the state template failed: {}", String::from_utf8_lossy(&o.stderr));
     let data = std::fs::read(&img)?;
     let _ = std::fs::remove_file(&img);
-    Ok(encode(&data))
-}
-
-/// Non-zero blocks of `fs` in the template format.
-pub fn encode(fs: &[u8]) -> Vec<u8> {
-    let blocks: Vec<(u64, &[u8])> =
-        fs.chunks(BLOCK).enumerate().filter(|(_, c)| c.iter().any(|&b| b != 0)).map(|(i, c)| (i as u64, c)).collect();
-    let mut out = Vec::with_capacity(24 + blocks.len() * (8 + BLOCK));
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(BLOCK as u32).to_le_bytes());
-    out.extend_from_slice(&(fs.len().div_ceil(BLOCK) as u64).to_le_bytes());
-    out.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
-    for (i, c) in blocks {
-        out.extend_from_slice(&i.to_le_bytes());
-        out.extend_from_slice(c);
-        out.resize(out.len() + (BLOCK - c.len()), 0);
-    }
-    out
+    Ok(gwos_core::state_template::encode(&data))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn encodes_only_non_zero_blocks() {
-        let mut fs = vec![0u8; BLOCK * 4];
-        fs[BLOCK + 7] = 1;
-        fs[3 * BLOCK] = 2;
-        let t = encode(&fs);
-        assert_eq!(&t[..8], MAGIC);
-        assert_eq!(u64::from_le_bytes(t[12..20].try_into().unwrap()), 4);
-        assert_eq!(u32::from_le_bytes(t[20..24].try_into().unwrap()), 2);
-        assert_eq!(t.len(), 24 + 2 * (8 + BLOCK));
-        assert_eq!(u64::from_le_bytes(t[24..32].try_into().unwrap()), 1);
-        assert_eq!(t[32 + 7], 1);
-    }
 
     #[test]
     fn real_template_is_small_and_reproducible() {

@@ -4,7 +4,7 @@
 //! zeros where the ext4 superblock belongs: first boot, or wiped by an
 //! operator) is formatted by writing the empty ext4 template the image tool
 //! put in the verified root (`/usr/lib/gwos/state-template`, format in
-//! image/src/statefs.rs), then grown. Without a template /var becomes a tmpfs
+//! gwos_core::state_template), then grown. Without a template /var becomes a tmpfs
 //! and the console says loudly that state is NOT persistent. A partition
 //! holding anything else is never touched; any other failure is fatal.
 
@@ -13,6 +13,7 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use gwos_core::state_template::{self, PATH as TEMPLATE};
 use nix::mount::MsFlags;
 
 use crate::{gpt_find, mounts};
@@ -90,54 +91,17 @@ pub fn mount_var() -> Result<String> {
     Ok(msg)
 }
 
-const TEMPLATE: &str = "/usr/lib/gwos/state-template";
-const TEMPLATE_MAGIC: &[u8; 8] = b"GWOSST01";
-
-/// Checks a template (see image/src/statefs.rs) against a partition of
-/// `part_size` bytes; returns (block size, fs blocks, records).
-/// (block size, file system blocks, (block index, data) records)
-type Template<'a> = (usize, u64, Vec<(u64, &'a [u8])>);
-
-fn parse_template(t: &[u8], part_size: u64) -> Result<Template<'_>> {
-    if t.len() < 24 || &t[..8] != TEMPLATE_MAGIC {
-        bail!("not a gwos state template (bad magic)");
-    }
-    let bs = u32::from_le_bytes(t[8..12].try_into()?) as usize;
-    let fs_blocks = u64::from_le_bytes(t[12..20].try_into()?);
-    let count = u32::from_le_bytes(t[20..24].try_into()?) as usize;
-    if bs != 4096 {
-        bail!("template block size {bs} unsupported");
-    }
-    if fs_blocks.saturating_mul(bs as u64) > part_size {
-        bail!("template file system ({fs_blocks} blocks) is larger than the partition ({part_size} bytes)");
-    }
-    if t.len() != 24 + count * (8 + bs) {
-        bail!("template length {} does not match its {count} records", t.len());
-    }
-    let mut recs = Vec::with_capacity(count);
-    let mut last: Option<u64> = None;
-    for r in t[24..].chunks(8 + bs) {
-        let idx = u64::from_le_bytes(r[..8].try_into()?);
-        if idx >= fs_blocks || last.is_some_and(|l| idx <= l) {
-            bail!("template record for block {idx} out of order or out of range");
-        }
-        last = Some(idx);
-        recs.push((idx, &r[8..]));
-    }
-    Ok((bs, fs_blocks, recs))
-}
-
 /// Writes the template's blocks to the (blank) partition and syncs it.
 fn format_from_template(dev: &str, tpl: &[u8], part_size: u64) -> Result<u64> {
     use std::io::Write;
-    let (bs, fs_blocks, recs) = parse_template(tpl, part_size)?;
+    let t = state_template::parse(tpl, part_size)?;
     let mut f = std::fs::OpenOptions::new().write(true).open(dev).with_context(|| format!("opening {dev} for writing"))?;
-    for (idx, data) in recs {
-        f.seek(SeekFrom::Start(idx * bs as u64))?;
+    for (idx, data) in t.records {
+        f.seek(SeekFrom::Start(idx * state_template::BLOCK as u64))?;
         f.write_all(data)?;
     }
     f.sync_all()?;
-    Ok(fs_blocks)
+    Ok(t.fs_blocks)
 }
 
 fn grow(mnt: &str, blocks: u64) -> Result<()> {
@@ -170,39 +134,16 @@ mod tests {
         assert_eq!(classify(&h), Kind::Other);
     }
 
-    fn template(recs: &[(u64, u8)], fs_blocks: u64) -> Vec<u8> {
-        let mut t = TEMPLATE_MAGIC.to_vec();
-        t.extend_from_slice(&4096u32.to_le_bytes());
-        t.extend_from_slice(&fs_blocks.to_le_bytes());
-        t.extend_from_slice(&(recs.len() as u32).to_le_bytes());
-        for (i, b) in recs {
-            t.extend_from_slice(&i.to_le_bytes());
-            t.extend_from_slice(&[*b; 4096]);
-        }
-        t
-    }
-
-    #[test]
-    fn template_checks() {
-        assert!(parse_template(&template(&[(0, 1), (5, 2)], 8), 8 * 4096).is_ok());
-        let e = |t: &[u8], size| format!("{:#}", parse_template(t, size).unwrap_err());
-        assert!(e(&template(&[(0, 1)], 8), 4 * 4096).contains("larger than the partition"));
-        assert!(e(&template(&[(5, 1), (2, 1)], 8), 8 * 4096).contains("out of order"));
-        assert!(e(&template(&[(9, 1)], 8), 8 * 4096).contains("out of range"));
-        let mut t = template(&[(0, 1)], 8);
-        t.pop();
-        assert!(e(&t, 8 * 4096).contains("does not match"));
-        t[0] = b'X';
-        assert!(e(&t, 8 * 4096).contains("magic"));
-    }
-
     /// Writing a template to a blank "partition" gives back the file system's bytes.
     #[test]
     fn format_writes_blocks_in_place() {
         let d = tempfile::tempdir().unwrap();
         let dev = d.path().join("part");
         std::fs::File::create(&dev).unwrap().set_len(16 * 4096).unwrap();
-        let n = format_from_template(dev.to_str().unwrap(), &template(&[(1, 7), (3, 9)], 8), 16 * 4096).unwrap();
+        let mut fs = vec![0u8; 8 * 4096];
+        fs[4096..8192].fill(7);
+        fs[3 * 4096] = 9;
+        let n = format_from_template(dev.to_str().unwrap(), &state_template::encode(&fs), 16 * 4096).unwrap();
         assert_eq!(n, 8);
         let b = std::fs::read(&dev).unwrap();
         assert!(b[..4096].iter().all(|&x| x == 0) && b[4096..8192].iter().all(|&x| x == 7) && b[3 * 4096] == 9);

@@ -11,6 +11,7 @@ pub mod event;
 pub mod rpc;
 pub mod site;
 pub mod state;
+pub mod state_template;
 
 pub use context::ServiceContext;
 pub use event::{emit, Event};
