@@ -4,10 +4,10 @@
 //! of the image unless `--in-place`.
 //!
 //! `gwos-qemu boot-times <gwos.img> [runs]`: boots copies of the image
-//! through OVMF + systemd-boot without a network, `runs` times (default 3),
-//! and prints one line per boot with the guest's own figures (kernel → PID 1,
-//! PID 1 → ready line) and the wall time including firmware. Used by
-//! benches/boot.sh.
+//! through OVMF + systemd-boot on an isolated user-mode network, `runs`
+//! times (default 3), and prints one line per boot with the guest's own
+//! figures (kernel → PID 1, PID 1 → ready line) and the wall time including
+//! firmware. Used by benches/boot.sh.
 
 use std::process::Command;
 
