@@ -10,7 +10,9 @@ use gwos_signing::{Manifest, PublicKey, ReleaseKey, SignedManifest, MAGIC};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     let key = ReleaseKey::from_seed(&[7; 32]);
     let keys: [PublicKey; 1] = [key.public()];
     let region: Vec<u8> = match mode % 3 {

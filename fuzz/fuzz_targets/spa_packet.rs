@@ -15,7 +15,12 @@ const KEY: [u8; 32] = [0x42; 32];
 const HKEY: [u8; 64] = [0x24; 64];
 
 fn keys(hmac: bool, mode: Mode) -> Keys {
-    Keys { key: KEY.to_vec(), hmac_key: hmac.then(|| HKEY.to_vec()), hmac_type: HashType::Sha256, mode }
+    Keys {
+        key: KEY.to_vec(),
+        hmac_key: hmac.then(|| HKEY.to_vec()),
+        hmac_type: HashType::Sha256,
+        mode,
+    }
 }
 
 fn seal(pt: &[u8], mode: Mode) -> String {
@@ -35,18 +40,27 @@ fn seal(pt: &[u8], mode: Mode) -> String {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, rest)) = data.split_first() else { return };
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
     match sel % 3 {
         0 => {
             if let Ok(spa) = packet::preprocess(rest, sel & 0x80 != 0) {
-                for k in [keys(true, Mode::Cbc), keys(false, Mode::Cbc), keys(false, Mode::Ctr)] {
+                for k in [
+                    keys(true, Mode::Cbc),
+                    keys(false, Mode::Cbc),
+                    keys(false, Mode::Ctr),
+                ] {
                     let _ = packet::decode_with(&spa, &k);
                 }
             }
         }
         1 => {
             if let Ok(f) = packet::parse_plaintext(rest) {
-                assert_eq!(b64e_nopad(&f.digest_type.digest(f.encoded_data.as_bytes())), f.digest);
+                assert_eq!(
+                    b64e_nopad(&f.digest_type.digest(f.encoded_data.as_bytes())),
+                    f.digest
+                );
             }
         }
         _ => {

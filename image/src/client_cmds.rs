@@ -43,7 +43,9 @@ pub fn knock(args: &[String]) -> Result<()> {
 
 pub fn connect(c: Connect) -> Result<()> {
     let opts = gwos_tls_front::client::ConnectOptions::from_args(c)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(gwos_tls_front::client::run_connect(opts))
 }
 
@@ -51,7 +53,9 @@ pub fn connect(c: Connect) -> Result<()> {
 pub fn ctl(c: Ctl) -> Result<i32> {
     use std::io::IsTerminal;
     let text = match c.request.as_deref() {
-        Some(p) if p.as_os_str() != "-" => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        Some(p) if p.as_os_str() != "-" => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
         _ if !std::io::stdin().is_terminal() => {
             let mut s = String::new();
             std::io::stdin().read_to_string(&mut s)?;
@@ -59,15 +63,23 @@ pub fn ctl(c: Ctl) -> Result<i32> {
         }
         _ => String::new(),
     };
-    let mut request: serde_json::Value =
-        if text.trim().is_empty() { serde_json::json!({}) } else { serde_json::from_str(&text).context("request is not JSON")? };
+    let mut request: serde_json::Value = if text.trim().is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::from_str(&text).context("request is not JSON")?
+    };
     if let Some(approver) = &c.approve_with {
         if request.get("trace_id").is_none() {
             request["trace_id"] = serde_json::Value::String(gwos_core::event::new_trace_id());
         }
         request = gwos_control::client::approve(approver, &c.command, &request, c.approval_secs)?;
     }
-    let target = gwos_control::client::Target { host: c.host, port: c.port, identity: c.identity, known_hosts: c.known_hosts };
+    let target = gwos_control::client::Target {
+        host: c.host,
+        port: c.port,
+        identity: c.identity,
+        known_hosts: c.known_hosts,
+    };
     let (response, code) = gwos_control::client::call(&target, &c.command, &request)?;
     println!("{}", serde_json::to_string_pretty(&response)?);
     Ok(code)

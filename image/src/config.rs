@@ -64,7 +64,12 @@ pub struct Partitions {
 
 impl Default for Partitions {
     fn default() -> Self {
-        Partitions { esp_mib: 128, root_mib: 512, verity_mib: 64, state_mib: 256 }
+        Partitions {
+            esp_mib: 128,
+            root_mib: 512,
+            verity_mib: 64,
+            state_mib: 256,
+        }
     }
 }
 
@@ -88,27 +93,46 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Self> {
         match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("reading image config {}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading image config {}", p.display()))?;
                 let base = p.parent().map(Path::to_path_buf).unwrap_or_default();
-                let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+                let base = if base.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    base
+                };
                 Self::parse(&text, &base).with_context(|| format!("in {}", p.display()))
             }
-            None => Self::parse(DEFAULT_TOML, &std::env::current_dir()?).context("embedded default image.toml"),
+            None => Self::parse(DEFAULT_TOML, &std::env::current_dir()?)
+                .context("embedded default image.toml"),
         }
     }
 
     pub fn resolve(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
     }
 
     fn validate(&self) -> Result<()> {
         let i = &self.image;
-        if i.version_id.is_empty() || !i.version_id.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c)) {
+        if i.version_id.is_empty()
+            || !i
+                .version_id
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+        {
             bail!("[image] version_id must be non-empty [A-Za-z0-9._-] (it names the UKI file)");
         }
         if i.security_floor > i.version {
-            bail!("[image] security_floor ({}) is above version ({})", i.security_floor, i.version);
+            bail!(
+                "[image] security_floor ({}) is above version ({})",
+                i.security_floor,
+                i.version
+            );
         }
         if i.console.chars().any(char::is_whitespace) || i.extra_cmdline.contains('\n') {
             bail!("[image] console must not contain spaces; extra_cmdline must be one line");
@@ -136,9 +160,15 @@ mod tests {
         let c = Config::load(None).unwrap();
         assert_eq!(c.partitions.root_mib, 512);
         assert!(c.keys.release_private.is_empty());
-        let e = format!("{:#}", Config::parse("[image]\nverison = 2\n", Path::new(".")).unwrap_err());
+        let e = format!(
+            "{:#}",
+            Config::parse("[image]\nverison = 2\n", Path::new(".")).unwrap_err()
+        );
         assert!(e.contains("verison"), "{e}");
-        let e = format!("{:#}", Config::parse("[partitions]\nesp_mib = 8\n", Path::new(".")).unwrap_err());
+        let e = format!(
+            "{:#}",
+            Config::parse("[partitions]\nesp_mib = 8\n", Path::new(".")).unwrap_err()
+        );
         assert!(e.contains("esp_mib"), "{e}");
     }
 }

@@ -64,7 +64,16 @@ impl Archive {
                 Kind::File(d) => (0o100000, 1, d, (0, 0)),
                 Kind::CharDev(a, b) => (0o020000, 1, &[], (*a, *b)),
             };
-            header(&mut out, ino as u32 + 1, fmt | (perm & 0o7777), nlink, mtime, data.len() as u32, rdev, name);
+            header(
+                &mut out,
+                ino as u32 + 1,
+                fmt | (perm & 0o7777),
+                nlink,
+                mtime,
+                data.len() as u32,
+                rdev,
+                name,
+            );
             out.extend_from_slice(data);
             align4(&mut out);
         }
@@ -74,8 +83,31 @@ impl Archive {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn header(out: &mut Vec<u8>, ino: u32, mode: u32, nlink: u32, mtime: u32, size: u32, rdev: (u32, u32), name: &str) {
-    let fields = [ino, mode, 0, 0, nlink, mtime, size, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
+fn header(
+    out: &mut Vec<u8>,
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    mtime: u32,
+    size: u32,
+    rdev: (u32, u32),
+    name: &str,
+) {
+    let fields = [
+        ino,
+        mode,
+        0,
+        0,
+        nlink,
+        mtime,
+        size,
+        0,
+        0,
+        rdev.0,
+        rdev.1,
+        name.len() as u32 + 1,
+        0,
+    ];
     out.extend_from_slice(b"070701");
     for f in fields {
         out.extend_from_slice(format!("{f:08x}").as_bytes());
@@ -94,8 +126,8 @@ fn align4(out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::{Command, Stdio};
     use std::io::Write;
+    use std::process::{Command, Stdio};
 
     fn sample() -> Vec<u8> {
         let mut a = Archive::new();
@@ -132,14 +164,51 @@ mod tests {
         let names: Vec<&str> = list.lines().collect();
         assert_eq!(
             names,
-            ["dev", "dev/console", "etc", "etc/gwos", "etc/gwos/release-keys", "etc/gwos/release-keys/abc.pub", "init", "newroot", "proc"]
+            [
+                "dev",
+                "dev/console",
+                "etc",
+                "etc/gwos",
+                "etc/gwos/release-keys",
+                "etc/gwos/release-keys/abc.pub",
+                "init",
+                "newroot",
+                "proc"
+            ]
         );
         let verbose = cpio(&["-tv", "--quiet"], &b, dir.path());
-        assert!(verbose.lines().any(|l| l.starts_with("crw-------") && l.contains("5,") && l.ends_with("dev/console")), "{verbose}");
-        assert!(verbose.lines().any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with("init")), "{verbose}");
+        assert!(
+            verbose.lines().any(|l| l.starts_with("crw-------")
+                && l.contains("5,")
+                && l.ends_with("dev/console")),
+            "{verbose}"
+        );
+        assert!(
+            verbose
+                .lines()
+                .any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with("init")),
+            "{verbose}"
+        );
         // extract regular files and check contents (device nodes need mknod; skip them)
-        cpio(&["-i", "--quiet", "-d", "--no-absolute-filenames", "init", "etc/*"], &b, dir.path());
-        assert_eq!(std::fs::read(dir.path().join("init")).unwrap(), b"#!fake init\n");
-        assert_eq!(std::fs::read(dir.path().join("etc/gwos/release-keys/abc.pub")).unwrap(), b"00ff\n");
+        cpio(
+            &[
+                "-i",
+                "--quiet",
+                "-d",
+                "--no-absolute-filenames",
+                "init",
+                "etc/*",
+            ],
+            &b,
+            dir.path(),
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("init")).unwrap(),
+            b"#!fake init\n"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("etc/gwos/release-keys/abc.pub")).unwrap(),
+            b"00ff\n"
+        );
     }
 }

@@ -16,7 +16,13 @@ pub fn mkfs(staging: &Path, out: &Path, epoch: u64, uuid: Uuid, compression: &st
     let t = format!("-T{epoch}");
     let u = format!("-U{uuid}");
     let z = format!("-z{compression}");
-    let mut args: Vec<&std::ffi::OsStr> = vec![t.as_ref(), u.as_ref(), "--all-root".as_ref(), "--ignore-mtime".as_ref(), "-x-1".as_ref()];
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        t.as_ref(),
+        u.as_ref(),
+        "--all-root".as_ref(),
+        "--ignore-mtime".as_ref(),
+        "-x-1".as_ref(),
+    ];
     if !compression.is_empty() {
         args.push(z.as_ref());
     }
@@ -26,17 +32,29 @@ pub fn mkfs(staging: &Path, out: &Path, epoch: u64, uuid: Uuid, compression: &st
     let len = std::fs::metadata(out)?.len();
     ensure!(len > 0, "mkfs.erofs wrote an empty image");
     let padded = len.div_ceil(4096) * 4096;
-    std::fs::OpenOptions::new().write(true).open(out)?.set_len(padded)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(out)?
+        .set_len(padded)?;
     Ok(padded)
 }
 
 /// Size in bytes of the EROFS image at the start of `dev` (from its superblock).
 pub fn image_size(sb_area: &[u8]) -> Result<u64> {
-    ensure!(sb_area.len() >= 1024 + 40, "EROFS superblock area too short");
+    ensure!(
+        sb_area.len() >= 1024 + 40,
+        "EROFS superblock area too short"
+    );
     let sb = &sb_area[1024..];
-    ensure!(sb[0..4] == 0xE0F5_E1E2u32.to_le_bytes(), "no EROFS superblock (slot empty?)");
+    ensure!(
+        sb[0..4] == 0xE0F5_E1E2u32.to_le_bytes(),
+        "no EROFS superblock (slot empty?)"
+    );
     let bits = sb[12] as u32;
-    ensure!((9..=16).contains(&bits), "EROFS block size 2^{bits} unsupported");
+    ensure!(
+        (9..=16).contains(&bits),
+        "EROFS block size 2^{bits} unsupported"
+    );
     let blocks = u32::from_le_bytes(sb[36..40].try_into()?) as u64;
     Ok(blocks << bits)
 }

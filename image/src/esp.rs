@@ -27,7 +27,14 @@ pub fn civil(epoch: u64) -> (i64, u32, u32, u32, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    (y, m, d, (secs / 3600) as u32, (secs % 3600 / 60) as u32, (secs % 60) as u32)
+    (
+        y,
+        m,
+        d,
+        (secs / 3600) as u32,
+        (secs % 3600 / 60) as u32,
+        (secs % 60) as u32,
+    )
 }
 
 fn mtool(tool: &str, epoch: u64, args: &[&std::ffi::OsStr]) -> Result<()> {
@@ -40,13 +47,23 @@ fn mtool(tool: &str, epoch: u64, args: &[&std::ffi::OsStr]) -> Result<()> {
         .output()
         .with_context(|| format!("running {tool}"))?;
     if !out.status.success() {
-        bail!("{tool} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{tool} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
 
 /// Formats a FAT32 volume of `size` bytes and writes `files` (paths with '/').
-pub fn build(size: u64, volume_id: u32, epoch: u64, files: &[(String, Vec<u8>)], work: &Path) -> Result<Vec<u8>> {
+pub fn build(
+    size: u64,
+    volume_id: u32,
+    epoch: u64,
+    files: &[(String, Vec<u8>)],
+    work: &Path,
+) -> Result<Vec<u8>> {
     let img = work.join("esp.img");
     let _ = std::fs::remove_file(&img);
     std::fs::File::create(&img)?.set_len(size)?;
@@ -54,9 +71,27 @@ pub fn build(size: u64, volume_id: u32, epoch: u64, files: &[(String, Vec<u8>)],
     let i = img.as_os_str();
     let sectors = (size / 512).to_string();
     let serial = format!("{volume_id:08x}");
-    mtool("mformat", epoch, &[os("-i").as_os_str(), i, &os("-F"), &os("-N"), &os(&serial), &os("-v"), &os("GWOS-ESP"),
-        &os("-T"), &os(&sectors), &os("-h"), &os("64"), &os("-s"), &os("32"), &os("::")])
-        .context("formatting the ESP as FAT32 (is esp_mib at least 34?)")?;
+    mtool(
+        "mformat",
+        epoch,
+        &[
+            os("-i").as_os_str(),
+            i,
+            &os("-F"),
+            &os("-N"),
+            &os(&serial),
+            &os("-v"),
+            &os("GWOS-ESP"),
+            &os("-T"),
+            &os(&sectors),
+            &os("-h"),
+            &os("64"),
+            &os("-s"),
+            &os("32"),
+            &os("::"),
+        ],
+    )
+    .context("formatting the ESP as FAT32 (is esp_mib at least 34?)")?;
     let mut sorted: Vec<&(String, Vec<u8>)> = files.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let mut made = std::collections::BTreeSet::new();
@@ -67,13 +102,26 @@ pub fn build(size: u64, volume_id: u32, epoch: u64, files: &[(String, Vec<u8>)],
             acc.push('/');
             acc.push_str(d);
             if made.insert(acc.clone()) {
-                mtool("mmd", epoch, &[os("-i").as_os_str(), i, &os(&format!("::{acc}"))])?;
+                mtool(
+                    "mmd",
+                    epoch,
+                    &[os("-i").as_os_str(), i, &os(&format!("::{acc}"))],
+                )?;
             }
         }
         let src = work.join(format!("esp-file-{n}"));
         std::fs::write(&src, data)?;
-        mtool("mcopy", epoch, &[os("-i").as_os_str(), i, src.as_os_str(), &os(&format!("::/{path}"))])
-            .with_context(|| format!("ESP: writing {path} (ESP too small?)"))?;
+        mtool(
+            "mcopy",
+            epoch,
+            &[
+                os("-i").as_os_str(),
+                i,
+                src.as_os_str(),
+                &os(&format!("::/{path}")),
+            ],
+        )
+        .with_context(|| format!("ESP: writing {path} (ESP too small?)"))?;
         std::fs::remove_file(&src)?;
     }
     let bytes = std::fs::read(&img)?;
@@ -84,8 +132,12 @@ pub fn build(size: u64, volume_id: u32, epoch: u64, files: &[(String, Vec<u8>)],
 /// Lists (path, bytes) of every regular file under `dir` in an ESP image.
 pub fn read_files(esp: Vec<u8>, dir: &str) -> Result<Vec<(String, Vec<u8>)>> {
     let mut img = Cursor::new(esp);
-    let fs = FileSystem::new(&mut img, FsOptions::new()).context("ESP is not a readable FAT file system")?;
-    let d = fs.root_dir().open_dir(dir).with_context(|| format!("ESP has no {dir}"))?;
+    let fs = FileSystem::new(&mut img, FsOptions::new())
+        .context("ESP is not a readable FAT file system")?;
+    let d = fs
+        .root_dir()
+        .open_dir(dir)
+        .with_context(|| format!("ESP has no {dir}"))?;
     let mut out = Vec::new();
     for e in d.iter() {
         let e = e?;
@@ -123,13 +175,30 @@ mod tests {
         let b = build(40 << 20, 0x1234_5678, 1_700_000_000, &files, w.path()).unwrap();
         assert!(a == b, "ESP not deterministic");
         let got = read_files(a.clone(), "EFI/Linux").unwrap();
-        assert_eq!(got, vec![("EFI/Linux/gwos-1-a.efi".to_string(), vec![2u8; 70000])]);
+        assert_eq!(
+            got,
+            vec![("EFI/Linux/gwos-1-a.efi".to_string(), vec![2u8; 70000])]
+        );
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("esp.img");
         std::fs::write(&p, &a).unwrap();
-        let o = std::process::Command::new("fsck.vfat").args(["-n"]).arg(&p).output().expect("dosfstools installed");
-        assert!(o.status.success(), "fsck.vfat: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        let o = std::process::Command::new("mdir").args(["-i"]).arg(&p).arg("::/loader").output().expect("mtools installed");
+        let o = std::process::Command::new("fsck.vfat")
+            .args(["-n"])
+            .arg(&p)
+            .output()
+            .expect("dosfstools installed");
+        assert!(
+            o.status.success(),
+            "fsck.vfat: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let o = std::process::Command::new("mdir")
+            .args(["-i"])
+            .arg(&p)
+            .arg("::/loader")
+            .output()
+            .expect("mtools installed");
         let t = String::from_utf8_lossy(&o.stdout);
         assert!(t.contains("loader") && t.contains("conf"), "{t}");
         assert!(t.contains("2023-11-14") || t.contains("11-14-2023"), "{t}");

@@ -58,7 +58,10 @@ impl Disk {
 }
 
 pub fn derive_guid(seed: &[u8], what: &str) -> Uuid {
-    let h = Sha256::new_with_prefix(b"gwos-gpt-guid\0").chain_update(seed).chain_update(what).finalize();
+    let h = Sha256::new_with_prefix(b"gwos-gpt-guid\0")
+        .chain_update(seed)
+        .chain_update(what)
+        .finalize();
     let mut b = [0u8; 16];
     b.copy_from_slice(&h[..16]);
     uuid::Builder::from_random_bytes(b).into_uuid()
@@ -71,7 +74,10 @@ pub fn layout(parts: &[(&str, &str, u64)], seed: &[u8]) -> Result<Disk> {
     let mut out = Vec::new();
     for (name, ty, size) in parts {
         ensure!(*size > 0, "partition {name}: size must be > 0");
-        ensure!(name.encode_utf16().count() <= 36, "partition name {name} longer than 36 UTF-16 units");
+        ensure!(
+            name.encode_utf16().count() <= 36,
+            "partition name {name} longer than 36 UTF-16 units"
+        );
         let size = size.div_ceil(ALIGN) * ALIGN;
         out.push(Partition {
             name: name.to_string(),
@@ -82,7 +88,11 @@ pub fn layout(parts: &[(&str, &str, u64)], seed: &[u8]) -> Result<Disk> {
         });
         next += size;
     }
-    Ok(Disk { guid: derive_guid(seed, "disk"), sectors: (next + ALIGN) / SECTOR, partitions: out })
+    Ok(Disk {
+        guid: derive_guid(seed, "disk"),
+        sectors: (next + ALIGN) / SECTOR,
+        partitions: out,
+    })
 }
 
 fn entries_bytes(d: &Disk) -> Vec<u8> {
@@ -102,7 +112,11 @@ fn entries_bytes(d: &Disk) -> Vec<u8> {
 
 fn header(d: &Disk, primary: bool, entries_crc: u32) -> [u8; 512] {
     let last = d.sectors - 1;
-    let (my, alt, entries_lba) = if primary { (1, last, 2) } else { (last, 1, last - ENTRY_SECTORS) };
+    let (my, alt, entries_lba) = if primary {
+        (1, last, 2)
+    } else {
+        (last, 1, last - ENTRY_SECTORS)
+    };
     let mut h = [0u8; 512];
     h[0..8].copy_from_slice(b"EFI PART");
     h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
@@ -159,43 +173,75 @@ fn le32(b: &[u8]) -> u32 {
 /// Reads and checks the primary GPT (signature, header CRC, entries CRC).
 pub fn read<F: Read + Seek>(f: &mut F) -> Result<Disk> {
     let len = f.seek(SeekFrom::End(0))?;
-    ensure!(len >= 3 * ALIGN, "image too small ({len} bytes) to hold a gwos GPT disk");
+    ensure!(
+        len >= 3 * ALIGN,
+        "image too small ({len} bytes) to hold a gwos GPT disk"
+    );
     let mut h = [0u8; 512];
     f.seek(SeekFrom::Start(SECTOR))?;
     f.read_exact(&mut h)?;
-    ensure!(&h[0..8] == b"EFI PART", "no GPT header at LBA 1 (not a gwos image?)");
+    ensure!(
+        &h[0..8] == b"EFI PART",
+        "no GPT header at LBA 1 (not a gwos image?)"
+    );
     let hsize = le32(&h[12..]) as usize;
-    ensure!((92..=512).contains(&hsize), "GPT header size {hsize} invalid");
+    ensure!(
+        (92..=512).contains(&hsize),
+        "GPT header size {hsize} invalid"
+    );
     let want = le32(&h[16..]);
     let mut hc = h;
     hc[16..20].fill(0);
-    ensure!(crc32fast::hash(&hc[..hsize]) == want, "GPT header CRC32 mismatch");
+    ensure!(
+        crc32fast::hash(&hc[..hsize]) == want,
+        "GPT header CRC32 mismatch"
+    );
     let n = le32(&h[80..]) as u64;
     let esz = le32(&h[84..]) as u64;
-    ensure!(esz >= 128 && n <= 1024 && esz <= 1024, "GPT entry geometry invalid ({n} x {esz})");
+    ensure!(
+        esz >= 128 && n <= 1024 && esz <= 1024,
+        "GPT entry geometry invalid ({n} x {esz})"
+    );
     let mut entries = vec![0u8; (n * esz) as usize];
     f.seek(SeekFrom::Start(le64(&h[72..]) * SECTOR))?;
     f.read_exact(&mut entries)?;
-    ensure!(crc32fast::hash(&entries) == le32(&h[88..]), "GPT partition entries CRC32 mismatch");
+    ensure!(
+        crc32fast::hash(&entries) == le32(&h[88..]),
+        "GPT partition entries CRC32 mismatch"
+    );
     let sectors = len / SECTOR;
     // The backup header (last LBA) must be intact and describe the same entries.
     let mut b = [0u8; 512];
     f.seek(SeekFrom::Start((sectors - 1) * SECTOR))?;
     f.read_exact(&mut b)?;
-    ensure!(&b[0..8] == b"EFI PART", "no backup GPT header at the last LBA (image truncated?)");
+    ensure!(
+        &b[0..8] == b"EFI PART",
+        "no backup GPT header at the last LBA (image truncated?)"
+    );
     let mut bc = b;
     bc[16..20].fill(0);
-    ensure!(crc32fast::hash(&bc[..hsize]) == le32(&b[16..]), "backup GPT header CRC32 mismatch");
+    ensure!(
+        crc32fast::hash(&bc[..hsize]) == le32(&b[16..]),
+        "backup GPT header CRC32 mismatch"
+    );
     let mut bentries = vec![0u8; (n * esz) as usize];
     f.seek(SeekFrom::Start(le64(&b[72..]).saturating_mul(SECTOR)))?;
-    f.read_exact(&mut bentries).context("reading backup GPT entries")?;
-    ensure!(bentries == entries, "backup GPT partition entries differ from the primary ones");
+    f.read_exact(&mut bentries)
+        .context("reading backup GPT entries")?;
+    ensure!(
+        bentries == entries,
+        "backup GPT partition entries differ from the primary ones"
+    );
     let mut parts = Vec::new();
     for e in entries.chunks_exact(esz as usize) {
         if e[..16].iter().all(|&b| b == 0) {
             continue;
         }
-        let name: Vec<u16> = e[56..128].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
+        let name: Vec<u16> = e[56..128]
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|&u| u != 0)
+            .collect();
         let p = Partition {
             name: String::from_utf16_lossy(&name),
             type_guid: Uuid::from_bytes_le(e[0..16].try_into()?),
@@ -208,7 +254,11 @@ pub fn read<F: Read + Seek>(f: &mut F) -> Result<Disk> {
         }
         parts.push(p);
     }
-    Ok(Disk { guid: Uuid::from_bytes_le(h[56..72].try_into()?), sectors, partitions: parts })
+    Ok(Disk {
+        guid: Uuid::from_bytes_le(h[56..72].try_into()?),
+        sectors,
+        partitions: parts,
+    })
 }
 
 #[cfg(test)]
@@ -244,18 +294,33 @@ mod tests {
         assert_eq!(read(&mut f).unwrap(), d);
         assert_eq!(d.find("state").unwrap().size(), 2 * ALIGN);
 
-        let v = Command::new("sgdisk").arg("-v").arg(&p).output().expect("sgdisk (gdisk) installed");
+        let v = Command::new("sgdisk")
+            .arg("-v")
+            .arg(&p)
+            .output()
+            .expect("sgdisk (gdisk) installed");
         let vt = String::from_utf8_lossy(&v.stdout);
-        assert!(v.status.success() && vt.contains("No problems found"), "{vt}");
+        assert!(
+            v.status.success() && vt.contains("No problems found"),
+            "{vt}"
+        );
         let pr = Command::new("sgdisk").arg("-p").arg(&p).output().unwrap();
         let pt = String::from_utf8_lossy(&pr.stdout);
         for name in ["esp", "root-a", "verity-a", "root-b", "verity-b", "state"] {
             assert!(pt.contains(name), "{name} missing in {pt}");
         }
         assert!(pt.contains(&d.guid.to_string().to_uppercase()), "{pt}");
-        let i = Command::new("sgdisk").args(["-i", "3"]).arg(&p).output().unwrap();
+        let i = Command::new("sgdisk")
+            .args(["-i", "3"])
+            .arg(&p)
+            .output()
+            .unwrap();
         let it = String::from_utf8_lossy(&i.stdout);
-        assert!(it.contains("Linux x86-64 root verity") && it.contains(&d.partitions[2].guid.to_string().to_uppercase()), "{it}");
+        assert!(
+            it.contains("Linux x86-64 root verity")
+                && it.contains(&d.partitions[2].guid.to_string().to_uppercase()),
+            "{it}"
+        );
     }
 
     #[test]
@@ -266,20 +331,28 @@ mod tests {
         let good = buf.into_inner();
         let mut bad = good.clone();
         bad[512 + 40] ^= 1;
-        let e = read(&mut std::io::Cursor::new(bad)).unwrap_err().to_string();
+        let e = read(&mut std::io::Cursor::new(bad))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("header CRC32"), "{e}");
         let mut bad = good.clone();
         bad[1024 + 60] ^= 1;
-        let e = read(&mut std::io::Cursor::new(bad)).unwrap_err().to_string();
+        let e = read(&mut std::io::Cursor::new(bad))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("entries CRC32"), "{e}");
         let mut bad = good.clone();
         let n = bad.len();
         bad[n - 512 + 60] ^= 1;
-        let e = read(&mut std::io::Cursor::new(bad)).unwrap_err().to_string();
+        let e = read(&mut std::io::Cursor::new(bad))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("backup GPT header"), "{e}");
         let mut bad = good.clone();
         bad[n - 33 * 512 + 70] ^= 1;
-        let e = read(&mut std::io::Cursor::new(bad)).unwrap_err().to_string();
+        let e = read(&mut std::io::Cursor::new(bad))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("backup GPT partition entries"), "{e}");
         // deterministic
         let mut again = std::io::Cursor::new(vec![0u8; d.size() as usize]);

@@ -24,7 +24,11 @@ pub struct KeySet {
 impl KeySet {
     /// (file name, contents) for /etc/gwos/release-keys/.
     pub fn release_key_files(&self) -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> = self.publics.iter().map(|k| (format!("{}.pub", k.id_hex()), k.to_file_text())).collect();
+        let mut v: Vec<(String, String)> = self
+            .publics
+            .iter()
+            .map(|k| (format!("{}.pub", k.id_hex()), k.to_file_text()))
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -35,7 +39,10 @@ pub fn load(cfg: &Config, out: &Path) -> Result<KeySet> {
     let mut extra = Vec::new();
     for p in &cfg.keys.release_public {
         let path = cfg.resolve(p);
-        extra.push(PublicKey::load(&path).with_context(|| format!("[keys] release_public {}", path.display()))?);
+        extra.push(
+            PublicKey::load(&path)
+                .with_context(|| format!("[keys] release_public {}", path.display()))?,
+        );
     }
     let (signer, dev_control, dev) = if cfg.keys.release_private.is_empty() {
         let dir = out.join("keys");
@@ -43,7 +50,12 @@ pub fn load(cfg: &Config, out: &Path) -> Result<KeySet> {
         (k, Some(c), true)
     } else {
         let path = cfg.resolve(&cfg.keys.release_private);
-        let k = ReleaseKey::load(&path).with_context(|| format!("[keys] release_private: cannot use release key {}", path.display()))?;
+        let k = ReleaseKey::load(&path).with_context(|| {
+            format!(
+                "[keys] release_private: cannot use release key {}",
+                path.display()
+            )
+        })?;
         (k, None, false)
     };
     let mut publics = vec![signer.public()];
@@ -52,7 +64,12 @@ pub fn load(cfg: &Config, out: &Path) -> Result<KeySet> {
             publics.push(k);
         }
     }
-    Ok(KeySet { signer, publics, dev_control, dev })
+    Ok(KeySet {
+        signer,
+        publics,
+        dev_control,
+        dev,
+    })
 }
 
 fn dev_keys(dir: &Path) -> Result<(ReleaseKey, String)> {
@@ -66,8 +83,21 @@ fn dev_keys(dir: &Path) -> Result<(ReleaseKey, String)> {
     }
     if !ctl.exists() {
         let p = ctl.display().to_string();
-        tools::run_s("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-C", "gwos-dev-control", "-f", &p])
-            .context("generating the dev control key")?;
+        tools::run_s(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "gwos-dev-control",
+                "-f",
+                &p,
+            ],
+        )
+        .context("generating the dev control key")?;
         made = true;
     }
     eprintln!(
@@ -76,8 +106,13 @@ fn dev_keys(dir: &Path) -> Result<(ReleaseKey, String)> {
         if made { "just generated" } else { "existing" }
     );
     let k = ReleaseKey::load(&rel)?;
-    let pubk = std::fs::read_to_string(ctl.with_extension("pub")).context("reading dev-control.pub")?;
-    let line = pubk.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let pubk =
+        std::fs::read_to_string(ctl.with_extension("pub")).context("reading dev-control.pub")?;
+    let line = pubk
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
     Ok((k, line))
 }
 
@@ -95,10 +130,17 @@ pub fn site_with_dev_control(site: &toml::Table, key: Option<&str>) -> toml::Tab
     let mut entry = toml::Table::new();
     entry.insert("key".into(), format!("{key} gwos-dev-control").into());
     entry.insert("scopes".into(), toml::Value::Array(vec!["admin".into()]));
-    entry.insert("comment".into(), "DEVELOPMENT key (out/keys/dev-control)".into());
+    entry.insert(
+        "comment".into(),
+        "DEVELOPMENT key (out/keys/dev-control)".into(),
+    );
     push(&mut site, "control", "keys", toml::Value::Table(entry));
     for section in ["firewall", "control"] {
-        let empty = site.get(section).and_then(|t| t.get("backend")).and_then(|b| b.as_array()).is_none_or(|a| a.is_empty());
+        let empty = site
+            .get(section)
+            .and_then(|t| t.get("backend"))
+            .and_then(|b| b.as_array())
+            .is_none_or(|a| a.is_empty());
         if empty {
             push(&mut site, section, "backend", DEV_BACKEND.into());
         }
@@ -107,7 +149,9 @@ pub fn site_with_dev_control(site: &toml::Table, key: Option<&str>) -> toml::Tab
 }
 
 fn push(site: &mut toml::Table, section: &str, key: &str, v: toml::Value) {
-    let t = site.entry(section).or_insert_with(|| toml::Value::Table(Default::default()));
+    let t = site
+        .entry(section)
+        .or_insert_with(|| toml::Value::Table(Default::default()));
     if let toml::Value::Table(t) = t {
         if let toml::Value::Array(a) = t.entry(key).or_insert_with(|| toml::Value::Array(vec![])) {
             a.push(v);
@@ -123,11 +167,17 @@ mod dev_site_tests {
     fn dev_key_lands_in_control_keys_and_backend_only_when_unset() {
         let s = site_with_dev_control(&toml::Table::new(), Some("ssh-ed25519 AAAA"));
         let c = s["control"].as_table().unwrap();
-        assert_eq!(c["keys"][0]["key"].as_str(), Some("ssh-ed25519 AAAA gwos-dev-control"));
+        assert_eq!(
+            c["keys"][0]["key"].as_str(),
+            Some("ssh-ed25519 AAAA gwos-dev-control")
+        );
         assert_eq!(c["keys"][0]["scopes"][0].as_str(), Some("admin"));
         assert_eq!(c["backend"][0].as_str(), Some(DEV_BACKEND));
         assert_eq!(s["firewall"]["backend"][0].as_str(), Some(DEV_BACKEND));
-        let site: toml::Table = toml::from_str("[firewall]\nbackend = [\"192.0.2.9/32\"]\n[control]\nbackend = [\"192.0.2.9/32\"]\n").unwrap();
+        let site: toml::Table = toml::from_str(
+            "[firewall]\nbackend = [\"192.0.2.9/32\"]\n[control]\nbackend = [\"192.0.2.9/32\"]\n",
+        )
+        .unwrap();
         let s = site_with_dev_control(&site, Some("ssh-ed25519 AAAA"));
         assert_eq!(s["control"]["backend"].as_array().unwrap().len(), 1);
         assert_eq!(s["firewall"]["backend"].as_array().unwrap().len(), 1);

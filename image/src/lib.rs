@@ -7,17 +7,17 @@
 //! report ([`report`]). `gwos verify` ([`verify`]) checks an image the way
 //! stage 1 of init will, plus the UKI hash.
 
-pub mod cpio;
-pub mod esp;
-pub mod gpt;
-pub mod tools;
-pub mod uki;
-pub mod verity;
 pub mod build;
 pub mod config;
+pub mod cpio;
 pub mod erofs;
+pub mod esp;
+pub mod gpt;
 pub mod keys;
 pub mod report;
 pub mod rootfs;
 pub mod statefs;
+pub mod tools;
+pub mod uki;
 pub mod verify;
+pub mod verity;

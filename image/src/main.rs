@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 mod client_cmds;
 
 #[derive(Parser)]
-#[command(name = "gwos", version, about = "Build and check gwos disk images; knock, connect and control gateways")]
+#[command(
+    name = "gwos",
+    version,
+    about = "Build and check gwos disk images; knock, connect and control gateways"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -75,8 +79,22 @@ enum Cmd {
 
 fn run() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Build { config, kernel, gwosd, out, workspace, no_qcow2 } => {
-            let b = gwos_image::build::build(&gwos_image::build::Args { config, kernel, gwosd, out, workspace, qcow2: !no_qcow2 })?;
+        Cmd::Build {
+            config,
+            kernel,
+            gwosd,
+            out,
+            workspace,
+            no_qcow2,
+        } => {
+            let b = gwos_image::build::build(&gwos_image::build::Args {
+                config,
+                kernel,
+                gwosd,
+                out,
+                workspace,
+                qcow2: !no_qcow2,
+            })?;
             println!("image      {}", b.image.display());
             println!("sha256     {}", b.image_sha256);
             println!("root hash  {}", b.root_hash);
@@ -92,12 +110,21 @@ fn run() -> Result<()> {
                 println!("{kind} {mode:04o} {size:>10} {path}");
             }
         }
-        Cmd::VerityFormat { data, hash_out, salt, uuid } => {
+        Cmd::VerityFormat {
+            data,
+            hash_out,
+            salt,
+            uuid,
+        } => {
             let salt = hex::decode(&salt).context("--salt must be hex")?;
             let uuid = uuid::Uuid::parse_str(&uuid).context("--uuid")?;
-            let f = std::fs::File::open(&data).with_context(|| format!("opening {}", data.display()))?;
+            let f = std::fs::File::open(&data)
+                .with_context(|| format!("opening {}", data.display()))?;
             let len = f.metadata()?.len();
-            anyhow::ensure!(len % 4096 == 0 && len > 0, "data size {len} is not a non-zero multiple of 4096");
+            anyhow::ensure!(
+                len % 4096 == 0 && len > 0,
+                "data size {len} is not a non-zero multiple of 4096"
+            );
             let t = gwos_image::verity::build_file(&f, 0, len / 4096, &salt, uuid.as_bytes())?;
             std::fs::write(&hash_out, &t.hash_area)?;
             println!("Root hash: {}", hex::encode(t.root_hash));
@@ -105,7 +132,12 @@ fn run() -> Result<()> {
         Cmd::Keygen { out } => {
             let k = gwos_signing::ReleaseKey::generate();
             k.save(&out)?;
-            println!("wrote {} (private, 0600) and {} (key id {})", out.display(), out.with_extension("pub").display(), k.public().id_hex());
+            println!(
+                "wrote {} (private, 0600) and {} (key id {})",
+                out.display(),
+                out.with_extension("pub").display(),
+                k.public().id_hex()
+            );
         }
         Cmd::Knock { args } => client_cmds::knock(&args)?,
         Cmd::Connect(c) => client_cmds::connect(c)?,

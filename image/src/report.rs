@@ -20,22 +20,57 @@ pub fn dpkg_version(pkg: &str) -> Option<String> {
 }
 
 /// (name, version, source) of every crate linked into `root_pkg`.
-pub fn crates_of(workspace: &Path, root_pkg: &str) -> Result<Vec<(String, String, String, String)>> {
+pub fn crates_of(
+    workspace: &Path,
+    root_pkg: &str,
+) -> Result<Vec<(String, String, String, String)>> {
     let manifest = workspace.join("Cargo.toml");
     let m = manifest.display().to_string();
-    let out = tools::run_s("cargo", &["metadata", "--format-version", "1", "--manifest-path", &m, "--filter-platform", "x86_64-unknown-linux-gnu"])?;
+    let out = tools::run_s(
+        "cargo",
+        &[
+            "metadata",
+            "--format-version",
+            "1",
+            "--manifest-path",
+            &m,
+            "--filter-platform",
+            "x86_64-unknown-linux-gnu",
+        ],
+    )?;
     let v: Value = serde_json::from_slice(&out.stdout).context("cargo metadata output")?;
-    let pkgs: BTreeMap<&str, &Value> = v["packages"].as_array().context("packages")?.iter().filter_map(|p| Some((p["id"].as_str()?, p))).collect();
-    let nodes: BTreeMap<&str, &Value> = v["resolve"]["nodes"].as_array().context("resolve")?.iter().filter_map(|n| Some((n["id"].as_str()?, n))).collect();
-    let root = pkgs.iter().find(|(_, p)| p["name"] == root_pkg).map(|(id, _)| *id).with_context(|| format!("package {root_pkg} not in workspace"))?;
+    let pkgs: BTreeMap<&str, &Value> = v["packages"]
+        .as_array()
+        .context("packages")?
+        .iter()
+        .filter_map(|p| Some((p["id"].as_str()?, p)))
+        .collect();
+    let nodes: BTreeMap<&str, &Value> = v["resolve"]["nodes"]
+        .as_array()
+        .context("resolve")?
+        .iter()
+        .filter_map(|n| Some((n["id"].as_str()?, n)))
+        .collect();
+    let root = pkgs
+        .iter()
+        .find(|(_, p)| p["name"] == root_pkg)
+        .map(|(id, _)| *id)
+        .with_context(|| format!("package {root_pkg} not in workspace"))?;
     let mut seen = BTreeSet::new();
     let mut stack = vec![root];
     while let Some(id) = stack.pop() {
         if !seen.insert(id) {
             continue;
         }
-        for d in nodes.get(id).and_then(|n| n["deps"].as_array()).into_iter().flatten() {
-            let normal = d["dep_kinds"].as_array().is_some_and(|ks| ks.iter().any(|k| k["kind"].is_null()));
+        for d in nodes
+            .get(id)
+            .and_then(|n| n["deps"].as_array())
+            .into_iter()
+            .flatten()
+        {
+            let normal = d["dep_kinds"]
+                .as_array()
+                .is_some_and(|ks| ks.iter().any(|k| k["kind"].is_null()));
             if normal {
                 if let Some(p) = d["pkg"].as_str() {
                     stack.push(p);
@@ -58,17 +93,32 @@ pub fn crates_of(workspace: &Path, root_pkg: &str) -> Result<Vec<(String, String
 }
 
 fn spdx_id(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
-pub fn sbom(build_id: &str, epoch: u64, crates: &[(String, String, String, String)], debs: &[(String, String)]) -> Value {
+pub fn sbom(
+    build_id: &str,
+    epoch: u64,
+    crates: &[(String, String, String, String)],
+    debs: &[(String, String)],
+) -> Value {
     let (y, mo, d, h, mi, s) = crate::esp::civil(epoch);
     let mut packages = vec![json!({
         "name": "gwos-image", "SPDXID": "SPDXRef-gwos-image", "versionInfo": build_id,
         "downloadLocation": "NOASSERTION", "filesAnalyzed": false,
         "licenseConcluded": "NOASSERTION", "licenseDeclared": "NOASSERTION", "copyrightText": "NOASSERTION"
     })];
-    let mut rels = vec![json!({"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": "SPDXRef-gwos-image"})];
+    let mut rels = vec![
+        json!({"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": "SPDXRef-gwos-image"}),
+    ];
     for (name, ver, src, lic) in crates {
         let id = format!("SPDXRef-crate-{}-{}", spdx_id(name), spdx_id(ver));
         let from_registry = src.starts_with("registry+");

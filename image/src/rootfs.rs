@@ -10,10 +10,25 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 /// Mount points and directories every image has (relative to /).
-pub const DIRS: &[&str] = &["dev", "proc", "sys", "run", "tmp", "var", "etc", "etc/gwos", "etc/gwos/release-keys", "sbin", "usr", "usr/bin"];
+pub const DIRS: &[&str] = &[
+    "dev",
+    "proc",
+    "sys",
+    "run",
+    "tmp",
+    "var",
+    "etc",
+    "etc/gwos",
+    "etc/gwos/release-keys",
+    "sbin",
+    "usr",
+    "usr/bin",
+];
 
 /// Names that must never be in an image.
-const FORBIDDEN: &[&str] = &["sh", "bash", "dash", "ash", "zsh", "busybox", "toybox", "python", "python3", "perl", "lua"];
+const FORBIDDEN: &[&str] = &[
+    "sh", "bash", "dash", "ash", "zsh", "busybox", "toybox", "python", "python3", "perl", "lua",
+];
 
 pub struct Input<'a> {
     pub gwosd: &'a Path,
@@ -25,20 +40,29 @@ pub struct Input<'a> {
 }
 
 fn set_mode(p: &Path, mode: u32) -> Result<()> {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {}", p.display()))
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", p.display()))
 }
 
 /// Walks `dir` in sorted order: (relative path, metadata).
 pub fn walk(dir: &Path) -> Result<Vec<(String, std::fs::Metadata)>> {
     fn rec(base: &Path, rel: &str, out: &mut Vec<(String, std::fs::Metadata)>) -> Result<()> {
-        let here = if rel.is_empty() { base.to_path_buf() } else { base.join(rel) };
+        let here = if rel.is_empty() {
+            base.to_path_buf()
+        } else {
+            base.join(rel)
+        };
         let mut names: Vec<String> = std::fs::read_dir(&here)
             .with_context(|| format!("reading {}", here.display()))?
             .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
             .collect::<Result<_, _>>()?;
         names.sort();
         for n in names {
-            let r = if rel.is_empty() { n.clone() } else { format!("{rel}/{n}") };
+            let r = if rel.is_empty() {
+                n.clone()
+            } else {
+                format!("{rel}/{n}")
+            };
             let m = std::fs::symlink_metadata(base.join(&r))?;
             let is_dir = m.is_dir();
             out.push((r.clone(), m));
@@ -59,11 +83,19 @@ pub fn tree_digest(dir: &Path) -> Result<[u8; 32]> {
     if dir.exists() {
         for (rel, m) in walk(dir)? {
             h.update(rel.as_bytes());
-            h.update([0, m.is_dir() as u8, (m.permissions().mode() & 0o111 != 0) as u8]);
+            h.update([
+                0,
+                m.is_dir() as u8,
+                (m.permissions().mode() & 0o111 != 0) as u8,
+            ]);
             if m.is_file() {
                 h.update(Sha256::digest(std::fs::read(dir.join(&rel))?));
             } else if m.file_type().is_symlink() {
-                h.update(std::fs::read_link(dir.join(&rel))?.to_string_lossy().as_bytes());
+                h.update(
+                    std::fs::read_link(dir.join(&rel))?
+                        .to_string_lossy()
+                        .as_bytes(),
+                );
             }
         }
     }
@@ -85,7 +117,8 @@ pub fn stage(root: &Path, input: &Input) -> Result<()> {
         copy_tree(extra, root)?;
     }
     let init = root.join("sbin/init");
-    std::fs::copy(input.gwosd, &init).with_context(|| format!("copying gwosd from {}", input.gwosd.display()))?;
+    std::fs::copy(input.gwosd, &init)
+        .with_context(|| format!("copying gwosd from {}", input.gwosd.display()))?;
     set_mode(&init, 0o755)?;
     std::fs::hard_link(&init, root.join("usr/bin/gwosd"))?;
     write(root, "etc/os-release", input.os_release)?;
@@ -113,9 +146,19 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
         } else if m.is_file() {
             std::fs::copy(&s, &d).with_context(|| format!("copying {}", s.display()))?;
             // Normalize modes so the umask and checkout do not leak into the image.
-            set_mode(&d, if m.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 })?;
+            set_mode(
+                &d,
+                if m.permissions().mode() & 0o111 != 0 {
+                    0o755
+                } else {
+                    0o644
+                },
+            )?;
         } else {
-            bail!("{}: only files, directories and symlinks may be in the rootfs dir", s.display());
+            bail!(
+                "{}: only files, directories and symlinks may be in the rootfs dir",
+                s.display()
+            );
         }
     }
     Ok(())
@@ -145,17 +188,38 @@ mod tests {
         std::fs::create_dir_all(extra.join("etc/gwos")).unwrap();
         std::fs::write(extra.join("etc/gwos/services.toml"), "x").unwrap();
         let keys = vec![("0011.pub".to_string(), "ab\n".to_string())];
-        let input = Input { gwosd: &gwosd, extra_dir: Some(&extra), os_release: "NAME=gwos\n", site_toml: "", release_keys: &keys };
+        let input = Input {
+            gwosd: &gwosd,
+            extra_dir: Some(&extra),
+            os_release: "NAME=gwos\n",
+            site_toml: "",
+            release_keys: &keys,
+        };
         let root = t.path().join("root");
         stage(&root, &input).unwrap();
         let names: Vec<String> = walk(&root).unwrap().into_iter().map(|x| x.0).collect();
-        for want in ["sbin/init", "usr/bin/gwosd", "etc/os-release", "etc/gwos/site.toml", "etc/gwos/services.toml", "etc/gwos/release-keys/0011.pub", "proc", "tmp"] {
-            assert!(names.contains(&want.to_string()), "{want} missing: {names:?}");
+        for want in [
+            "sbin/init",
+            "usr/bin/gwosd",
+            "etc/os-release",
+            "etc/gwos/site.toml",
+            "etc/gwos/services.toml",
+            "etc/gwos/release-keys/0011.pub",
+            "proc",
+            "tmp",
+        ] {
+            assert!(
+                names.contains(&want.to_string()),
+                "{want} missing: {names:?}"
+            );
         }
         std::fs::create_dir_all(extra.join("bin")).unwrap();
         std::fs::write(extra.join("bin/sh"), "").unwrap();
         let e = stage(&root, &input).unwrap_err().to_string();
         assert!(e.contains("/bin/sh"), "{e}");
-        assert_ne!(tree_digest(&extra).unwrap(), tree_digest(&t.path().join("none")).unwrap());
+        assert_ne!(
+            tree_digest(&extra).unwrap(),
+            tree_digest(&t.path().join("none")).unwrap()
+        );
     }
 }

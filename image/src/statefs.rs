@@ -30,12 +30,29 @@ pub fn template(work: &Path, epoch: u64, uuid: Uuid) -> Result<Vec<u8>> {
     let ext = format!("hash_seed={uuid},root_owner=0:0,lazy_itable_init=1,nodiscard");
     let o = std::process::Command::new("mkfs.ext4")
         .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
-        .args(["-q", "-F", "-L", "gwos-state", "-b", "4096", "-m", "1", "-i", "16384", "-O", "64bit,resize_inode"])
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            "gwos-state",
+            "-b",
+            "4096",
+            "-m",
+            "1",
+            "-i",
+            "16384",
+            "-O",
+            "64bit,resize_inode",
+        ])
         .args(["-U", &uuid.to_string(), "-E", &ext])
         .arg(&img)
         .output()
         .context("running mkfs.ext4 (Debian package e2fsprogs)")?;
-    anyhow::ensure!(o.status.success(), "mkfs.ext4 for the state template failed: {}", String::from_utf8_lossy(&o.stderr));
+    anyhow::ensure!(
+        o.status.success(),
+        "mkfs.ext4 for the state template failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let data = std::fs::read(&img)?;
     let _ = std::fs::remove_file(&img);
     Ok(gwos_core::state_template::encode(&data))

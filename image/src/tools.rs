@@ -25,26 +25,41 @@ const PACKAGES: &[(&str, &str)] = &[
 ];
 
 pub fn package_for(tool: &str) -> &'static str {
-    PACKAGES.iter().find(|(t, _)| *t == tool).map(|(_, p)| *p).unwrap_or("(unknown package)")
+    PACKAGES
+        .iter()
+        .find(|(t, _)| *t == tool)
+        .map(|(_, p)| *p)
+        .unwrap_or("(unknown package)")
 }
 
 /// Finds `tool` in PATH or the sbin directories.
 pub fn find(tool: &str) -> Result<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
-    let dirs = path.split(':').map(str::to_owned).chain(["/usr/sbin".into(), "/sbin".into(), "/usr/bin".into()]);
+    let dirs = path.split(':').map(str::to_owned).chain([
+        "/usr/sbin".into(),
+        "/sbin".into(),
+        "/usr/bin".into(),
+    ]);
     for d in dirs {
         let p = PathBuf::from(d).join(tool);
         if p.is_file() {
             return Ok(p);
         }
     }
-    bail!("required tool `{tool}` not found; install the Debian package `{}` (apt-get install {})", package_for(tool), package_for(tool))
+    bail!(
+        "required tool `{tool}` not found; install the Debian package `{}` (apt-get install {})",
+        package_for(tool),
+        package_for(tool)
+    )
 }
 
 /// Runs a tool to completion; a non-zero exit is an error that carries its stderr.
 pub fn run(tool: &str, args: &[&std::ffi::OsStr]) -> Result<Output> {
     let exe = find(tool)?;
-    let out = Command::new(&exe).args(args).output().with_context(|| format!("running {}", exe.display()))?;
+    let out = Command::new(&exe)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
     if !out.status.success() {
         bail!(
             "{tool} failed ({}): {}",

@@ -22,20 +22,29 @@ pub struct Section {
 }
 
 fn u16_at(b: &[u8], o: usize) -> Result<u16> {
-    Ok(u16::from_le_bytes(b.get(o..o + 2).context("PE truncated")?.try_into()?))
+    Ok(u16::from_le_bytes(
+        b.get(o..o + 2).context("PE truncated")?.try_into()?,
+    ))
 }
 fn u32_at(b: &[u8], o: usize) -> Result<u32> {
-    Ok(u32::from_le_bytes(b.get(o..o + 4).context("PE truncated")?.try_into()?))
+    Ok(u32::from_le_bytes(
+        b.get(o..o + 4).context("PE truncated")?.try_into()?,
+    ))
 }
 fn u64_at(b: &[u8], o: usize) -> Result<u64> {
-    Ok(u64::from_le_bytes(b.get(o..o + 8).context("PE truncated")?.try_into()?))
+    Ok(u64::from_le_bytes(
+        b.get(o..o + 8).context("PE truncated")?.try_into()?,
+    ))
 }
 
 /// (image base, section alignment, sections) of a PE32+ file.
 pub fn pe_sections(b: &[u8]) -> Result<(u64, u32, Vec<Section>)> {
     ensure!(b.get(0..2) == Some(b"MZ"), "not a PE file (no MZ)");
     let pe = u32_at(b, 0x3c)? as usize;
-    ensure!(b.get(pe..pe + 4) == Some(b"PE\0\0"), "not a PE file (no PE signature)");
+    ensure!(
+        b.get(pe..pe + 4) == Some(b"PE\0\0"),
+        "not a PE file (no PE signature)"
+    );
     let coff = pe + 4;
     let nsec = u16_at(b, coff + 2)? as usize;
     let opt_size = u16_at(b, coff + 16)? as usize;
@@ -47,7 +56,9 @@ pub fn pe_sections(b: &[u8]) -> Result<(u64, u32, Vec<Section>)> {
     for i in 0..nsec {
         let s = opt + opt_size + i * 40;
         let raw = b.get(s..s + 8).context("PE section table truncated")?;
-        let name = String::from_utf8_lossy(raw).trim_end_matches('\0').to_string();
+        let name = String::from_utf8_lossy(raw)
+            .trim_end_matches('\0')
+            .to_string();
         out.push(Section {
             name,
             vsize: u32_at(b, s + 8)?,
@@ -62,9 +73,13 @@ pub fn pe_sections(b: &[u8]) -> Result<(u64, u32, Vec<Section>)> {
 /// The bytes of section `name` (at most its virtual size).
 pub fn section<'a>(b: &'a [u8], name: &str) -> Result<&'a [u8]> {
     let (_, _, secs) = pe_sections(b)?;
-    let s = secs.iter().find(|s| s.name == name).with_context(|| format!("UKI has no {name} section"))?;
+    let s = secs
+        .iter()
+        .find(|s| s.name == name)
+        .with_context(|| format!("UKI has no {name} section"))?;
     let len = s.vsize.min(s.raw_size) as usize;
-    b.get(s.raw_ptr as usize..s.raw_ptr as usize + len).with_context(|| format!("UKI section {name} out of file bounds"))
+    b.get(s.raw_ptr as usize..s.raw_ptr as usize + len)
+        .with_context(|| format!("UKI section {name} out of file bounds"))
 }
 
 /// PE image checksum (as in imagehlp's CheckSumMappedFile): 16-bit one's
@@ -76,7 +91,11 @@ pub fn pe_checksum(b: &[u8], csum_off: usize) -> u32 {
         if off == csum_off || off == csum_off + 2 {
             continue;
         }
-        let w = if c.len() == 2 { u16::from_le_bytes([c[0], c[1]]) } else { c[0] as u16 };
+        let w = if c.len() == 2 {
+            u16::from_le_bytes([c[0], c[1]])
+        } else {
+            c[0] as u16
+        };
         sum += w as u64;
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -98,19 +117,43 @@ pub fn set_timestamp(b: &mut [u8], epoch: u32) -> Result<()> {
 
 /// Builds the UKI at `out`. `work` is a scratch directory.
 #[allow(clippy::too_many_arguments)]
-pub fn build(stub: &Path, kernel: &Path, initrd: &Path, cmdline: &str, osrel: &str, epoch: u64, work: &Path, out: &Path) -> Result<()> {
-    let stub_bytes = std::fs::read(stub)
-        .with_context(|| format!("reading EFI stub {} (Debian package systemd-boot-efi)", stub.display()))?;
+pub fn build(
+    stub: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    osrel: &str,
+    epoch: u64,
+    work: &Path,
+    out: &Path,
+) -> Result<()> {
+    let stub_bytes = std::fs::read(stub).with_context(|| {
+        format!(
+            "reading EFI stub {} (Debian package systemd-boot-efi)",
+            stub.display()
+        )
+    })?;
     let (base, _align, secs) = pe_sections(&stub_bytes).context("parsing the EFI stub")?;
-    let end = secs.iter().map(|s| s.vaddr as u64 + s.vsize as u64).max().context("stub has no sections")?;
+    let end = secs
+        .iter()
+        .map(|s| s.vaddr as u64 + s.vsize as u64)
+        .max()
+        .context("stub has no sections")?;
     let osrel_p = work.join("osrel");
     let cmd_p = work.join("cmdline");
     std::fs::write(&osrel_p, osrel)?;
     std::fs::write(&cmd_p, cmdline)?;
     let mut vma = base + end;
     let mut args: Vec<std::ffi::OsString> = Vec::new();
-    for (name, path) in [(".osrel", osrel_p.as_path()), (".cmdline", cmd_p.as_path()), (".initrd", initrd), (".linux", kernel)] {
-        let size = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?.len();
+    for (name, path) in [
+        (".osrel", osrel_p.as_path()),
+        (".cmdline", cmd_p.as_path()),
+        (".initrd", initrd),
+        (".linux", kernel),
+    ] {
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("{}", path.display()))?
+            .len();
         vma = vma.div_ceil(4096) * 4096;
         let mut a = std::ffi::OsString::from(format!("--add-section={name}="));
         a.push(path);
@@ -139,7 +182,10 @@ mod tests {
     #[test]
     fn stub_sections_parse_and_uki_builds() {
         let stub = Path::new(STUB);
-        assert!(stub.exists(), "{STUB} missing: apt-get install systemd-boot-efi");
+        assert!(
+            stub.exists(),
+            "{STUB} missing: apt-get install systemd-boot-efi"
+        );
         let (_, _, secs) = pe_sections(&std::fs::read(stub).unwrap()).unwrap();
         assert!(secs.iter().any(|s| s.name == ".sdmagic"));
         let dir = tempfile::tempdir().unwrap();
@@ -148,7 +194,17 @@ mod tests {
         std::fs::write(&k, vec![0x4b; 10000]).unwrap();
         std::fs::write(&i, vec![0x49; 5000]).unwrap();
         let out = dir.path().join("uki.efi");
-        build(stub, &k, &i, "console=ttyS0 gwos.slot=a", "NAME=gwos\n", 1_700_000_000, dir.path(), &out).unwrap();
+        build(
+            stub,
+            &k,
+            &i,
+            "console=ttyS0 gwos.slot=a",
+            "NAME=gwos\n",
+            1_700_000_000,
+            dir.path(),
+            &out,
+        )
+        .unwrap();
         let b = std::fs::read(&out).unwrap();
         assert_eq!(section(&b, ".linux").unwrap(), &vec![0x4b; 10000][..]);
         assert_eq!(section(&b, ".initrd").unwrap(), &vec![0x49; 5000][..]);
@@ -156,15 +212,35 @@ mod tests {
         let (_, _, s2) = pe_sections(&b).unwrap();
         // sections do not overlap and are in increasing VMA order
         for w in s2.windows(2) {
-            assert!(w[0].vaddr as u64 + w[0].vsize as u64 <= w[1].vaddr as u64, "{s2:?}");
+            assert!(
+                w[0].vaddr as u64 + w[0].vsize as u64 <= w[1].vaddr as u64,
+                "{s2:?}"
+            );
         }
         // reproducible
         std::thread::sleep(std::time::Duration::from_millis(1100));
         let out2 = dir.path().join("uki2.efi");
-        build(stub, &k, &i, "console=ttyS0 gwos.slot=a", "NAME=gwos\n", 1_700_000_000, dir.path(), &out2).unwrap();
+        build(
+            stub,
+            &k,
+            &i,
+            "console=ttyS0 gwos.slot=a",
+            "NAME=gwos\n",
+            1_700_000_000,
+            dir.path(),
+            &out2,
+        )
+        .unwrap();
         assert!(std::fs::read(&out2).unwrap() == b, "UKI not reproducible");
-        let o = std::process::Command::new("objdump").arg("-p").arg(&out).output().unwrap();
-        assert!(String::from_utf8_lossy(&o.stdout).contains("Nov 14"), "timestamp not set");
+        let o = std::process::Command::new("objdump")
+            .arg("-p")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("Nov 14"),
+            "timestamp not set"
+        );
     }
 
     #[test]

@@ -29,11 +29,20 @@ fn part_reader(f: &File, p: &gpt::Partition, len: u64) -> Result<Take<File>> {
 /// Release keys to check against: `--key` files, else `<image dir>/keys/dev-release.pub`.
 pub fn keys_for(image: &Path, given: &[PathBuf]) -> Result<Vec<PublicKey>> {
     if !given.is_empty() {
-        return given.iter().map(|p| PublicKey::load(p).map_err(Into::into)).collect();
+        return given
+            .iter()
+            .map(|p| PublicKey::load(p).map_err(Into::into))
+            .collect();
     }
-    let dev = image.parent().unwrap_or(Path::new(".")).join("keys/dev-release.pub");
+    let dev = image
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("keys/dev-release.pub");
     if dev.is_file() {
-        eprintln!("note: no --key given; checking against the DEVELOPMENT key {}", dev.display());
+        eprintln!(
+            "note: no --key given; checking against the DEVELOPMENT key {}",
+            dev.display()
+        );
         return Ok(vec![PublicKey::load(&dev)?]);
     }
     bail!("no release public key: pass --key <file.pub> (hex ed25519 public key)")
@@ -42,20 +51,43 @@ pub fn keys_for(image: &Path, given: &[PathBuf]) -> Result<Vec<PublicKey>> {
 pub fn verify(image: &Path, keys: &[PublicKey]) -> Result<Manifest> {
     let mut f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
     let disk = gpt::read(&mut f).context("GPT")?;
-    let (root, ver, espp) = (disk.find("root-a")?.clone(), disk.find("verity-a")?.clone(), disk.find("esp")?.clone());
+    let (root, ver, espp) = (
+        disk.find("root-a")?.clone(),
+        disk.find("verity-a")?.clone(),
+        disk.find("esp")?.clone(),
+    );
 
-    let region = read_at(&mut f, ver.offset() + ver.size() - MANIFEST_REGION_SIZE, MANIFEST_REGION_SIZE)?;
+    let region = read_at(
+        &mut f,
+        ver.offset() + ver.size() - MANIFEST_REGION_SIZE,
+        MANIFEST_REGION_SIZE,
+    )?;
     let m = gwos_signing::open(&region, keys).context("verity-a: signed manifest rejected")?;
     if m.data_size > root.size() || m.hash_size + MANIFEST_REGION_SIZE > ver.size() {
-        bail!("manifest sizes do not fit the partitions (data_size {}, hash_size {})", m.data_size, m.hash_size);
+        bail!(
+            "manifest sizes do not fit the partitions (data_size {}, hash_size {})",
+            m.data_size,
+            m.hash_size
+        );
     }
 
     let uuid = uuid::Uuid::parse_str(&m.verity_uuid).context("manifest verity_uuid")?;
-    let tree = verity::build_file(&f, root.offset(), m.data_blocks, &m.salt_bytes(), uuid.as_bytes())
-        .context("root-a: reading data")?;
+    let tree = verity::build_file(
+        &f,
+        root.offset(),
+        m.data_blocks,
+        &m.salt_bytes(),
+        uuid.as_bytes(),
+    )
+    .context("root-a: reading data")?;
     let stored = read_at(&mut f, ver.offset(), m.hash_size)?;
     if tree.hash_area.len() as u64 != m.hash_size {
-        bail!("manifest hash_size {} does not match the tree size {} for {} blocks", m.hash_size, tree.hash_area.len(), m.data_blocks);
+        bail!(
+            "manifest hash_size {} does not match the tree size {} for {} blocks",
+            m.hash_size,
+            tree.hash_area.len(),
+            m.data_blocks
+        );
     }
     let level0_len = (m.data_blocks * 32).div_ceil(4096) * 4096;
     let level0_start = stored.len() - level0_len as usize;
@@ -74,7 +106,9 @@ pub fn verify(image: &Path, keys: &[PublicKey]) -> Result<Manifest> {
             None => bail!("root-a: recomputed root hash {} != signed root hash {}", hex::encode(tree.root_hash), m.root_hash),
         }
     }
-    if let Some(i) = (0..stored.len() / 4096).find(|&i| tree.hash_area[i * 4096..(i + 1) * 4096] != stored[i * 4096..(i + 1) * 4096]) {
+    if let Some(i) = (0..stored.len() / 4096)
+        .find(|&i| tree.hash_area[i * 4096..(i + 1) * 4096] != stored[i * 4096..(i + 1) * 4096])
+    {
         bail!("verity-a: hash block {i} (byte offset {}) differs from the tree recomputed over root-a", i * 4096);
     }
 
@@ -82,14 +116,24 @@ pub fn verify(image: &Path, keys: &[PublicKey]) -> Result<Manifest> {
     let ukis = esp::read_files(esp_bytes, "EFI/Linux").context("esp")?;
     let (name, bytes) = ukis
         .iter()
-        .find(|(n, _)| n.rsplit('/').next().is_some_and(|b| b.starts_with("gwos-") && (b.ends_with("-a.efi") || b.contains("-a+"))))
+        .find(|(n, _)| {
+            n.rsplit('/').next().is_some_and(|b| {
+                b.starts_with("gwos-") && (b.ends_with("-a.efi") || b.contains("-a+"))
+            })
+        })
         .context("esp: no slot A UKI (EFI/Linux/gwos-*-a.efi)")?;
     let got = hex::encode(Sha256::digest(bytes));
     if got != m.uki_sha256 {
-        bail!("esp: {name} sha256 {got} != signed uki_sha256 {}", m.uki_sha256);
+        bail!(
+            "esp: {name} sha256 {got} != signed uki_sha256 {}",
+            m.uki_sha256
+        );
     }
     let cmdline = String::from_utf8_lossy(uki::section(bytes, ".cmdline")?).into_owned();
-    if !cmdline.split_whitespace().any(|w| w == format!("gwos.roothash={}", m.root_hash)) {
+    if !cmdline
+        .split_whitespace()
+        .any(|w| w == format!("gwos.roothash={}", m.root_hash))
+    {
         bail!("esp: {name} command line does not carry the signed root hash: {cmdline}");
     }
     Ok(m)
@@ -117,8 +161,23 @@ pub fn ls(image: &Path, slot: &str) -> Result<Vec<(String, char, u32, u64)>> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     for (rel, md) in crate::rootfs::walk(&root)? {
         let ft = md.file_type();
-        let kind = if ft.is_dir() { 'd' } else if ft.is_symlink() { 'l' } else if ft.is_char_device() { 'c' } else if ft.is_block_device() { 'b' } else { '-' };
-        out.push((format!("/{rel}"), kind, md.permissions().mode() & 0o7777, md.len()));
+        let kind = if ft.is_dir() {
+            'd'
+        } else if ft.is_symlink() {
+            'l'
+        } else if ft.is_char_device() {
+            'c'
+        } else if ft.is_block_device() {
+            'b'
+        } else {
+            '-'
+        };
+        out.push((
+            format!("/{rel}"),
+            kind,
+            md.permissions().mode() & 0o7777,
+            md.len(),
+        ));
     }
     Ok(out)
 }

@@ -70,7 +70,12 @@ fn pad(mut v: Vec<u8>) -> Vec<u8> {
 
 /// Builds the tree over the first `data_blocks` blocks read from `data`
 /// (sequential; see [`build_file`] for the parallel path).
-pub fn build(mut data: impl Read, data_blocks: u64, salt: &[u8], uuid: &[u8; 16]) -> Result<VerityTree> {
+pub fn build(
+    mut data: impl Read,
+    data_blocks: u64,
+    salt: &[u8],
+    uuid: &[u8; 16],
+) -> Result<VerityTree> {
     if data_blocks == 0 {
         bail!("verity: no data blocks");
     }
@@ -81,7 +86,8 @@ pub fn build(mut data: impl Read, data_blocks: u64, salt: &[u8], uuid: &[u8; 16]
     while left > 0 {
         let n = left.min(32);
         let chunk = &mut buf[..n * BLOCK];
-        data.read_exact(chunk).context("verity: reading data (shorter than data_blocks?)")?;
+        data.read_exact(chunk)
+            .context("verity: reading data (shorter than data_blocks?)")?;
         hash_blocks(&base, chunk, &mut level0);
         left -= n;
     }
@@ -92,13 +98,21 @@ pub fn build(mut data: impl Read, data_blocks: u64, salt: &[u8], uuid: &[u8; 16]
 /// `offset`. Level 0 (nearly all the work) is split into one contiguous
 /// range per CPU; each thread reads its range with pread in 128 KiB pieces
 /// (cache-hot) and the digests are joined in order.
-pub fn build_file(f: &std::fs::File, offset: u64, data_blocks: u64, salt: &[u8], uuid: &[u8; 16]) -> Result<VerityTree> {
+pub fn build_file(
+    f: &std::fs::File,
+    offset: u64,
+    data_blocks: u64,
+    salt: &[u8],
+    uuid: &[u8; 16],
+) -> Result<VerityTree> {
     use std::os::unix::fs::FileExt;
     if data_blocks == 0 {
         bail!("verity: no data blocks");
     }
     let base = Sha256::new_with_prefix(salt);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8) as u64;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8) as u64;
     let per = data_blocks.div_ceil(threads);
     let parts: Vec<Result<Vec<u8>>> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..threads)
@@ -121,7 +135,9 @@ pub fn build_file(f: &std::fs::File, offset: u64, data_blocks: u64, salt: &[u8],
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().expect("hash thread")).collect()
+        hs.into_iter()
+            .map(|h| h.join().expect("hash thread"))
+            .collect()
     });
     let mut level0 = Vec::with_capacity(data_blocks as usize * DIGEST);
     for p in parts {
@@ -139,7 +155,11 @@ fn finish(level0: Vec<u8>, data_blocks: u64, salt: &[u8], uuid: &[u8; 16]) -> Re
     if nlevels == 0 {
         let mut root = [0u8; 32];
         root.copy_from_slice(&level0[..DIGEST]);
-        return Ok(VerityTree { root_hash: root, data_blocks, hash_area });
+        return Ok(VerityTree {
+            root_hash: root,
+            data_blocks,
+            hash_area,
+        });
     }
     // levels[0] = hashes of data, levels[i+1] = hashes of levels[i]'s blocks.
     let mut lv: Vec<Vec<u8>> = vec![pad(level0)];
@@ -156,7 +176,11 @@ fn finish(level0: Vec<u8>, data_blocks: u64, salt: &[u8], uuid: &[u8; 16]) -> Re
     for l in lv.iter().rev() {
         hash_area.extend_from_slice(l);
     }
-    Ok(VerityTree { root_hash: root, data_blocks, hash_area })
+    Ok(VerityTree {
+        root_hash: root,
+        data_blocks,
+        hash_area,
+    })
 }
 
 /// Size in bytes of the hash area (superblock block + tree) for `n` data blocks.
@@ -199,23 +223,51 @@ mod tests {
             let hp = dir.path().join("hash");
             std::fs::write(&dp, &d).unwrap();
             let out = Command::new(&vs)
-                .args(["format", "--salt", &hex::encode(&salt), "--uuid", &uuid.to_string()])
+                .args([
+                    "format",
+                    "--salt",
+                    &hex::encode(&salt),
+                    "--uuid",
+                    &uuid.to_string(),
+                ])
                 .arg(&dp)
                 .arg(&hp)
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let text = String::from_utf8_lossy(&out.stdout);
             let root_line = text.lines().find(|l| l.starts_with("Root hash:")).unwrap();
             let theirs_root = root_line.split_whitespace().last().unwrap();
             let t = build(&d[..], blocks as u64, &salt, uuid.as_bytes()).unwrap();
-            let tf = build_file(&std::fs::File::open(&dp).unwrap(), 0, blocks as u64, &salt, uuid.as_bytes()).unwrap();
+            let tf = build_file(
+                &std::fs::File::open(&dp).unwrap(),
+                0,
+                blocks as u64,
+                &salt,
+                uuid.as_bytes(),
+            )
+            .unwrap();
             assert_eq!(tf.hash_area, t.hash_area, "parallel path, {blocks} blocks");
-            assert_eq!(hex::encode(t.root_hash), theirs_root, "root hash, {blocks} blocks");
+            assert_eq!(
+                hex::encode(t.root_hash),
+                theirs_root,
+                "root hash, {blocks} blocks"
+            );
             let theirs = std::fs::read(&hp).unwrap();
             assert_eq!(t.hash_area.len() as u64, hash_area_size(blocks as u64));
-            assert!(theirs.len() >= t.hash_area.len(), "{blocks}: hash file shorter than ours");
-            assert_eq!(&theirs[..t.hash_area.len()], &t.hash_area[..], "hash area bytes, {blocks} blocks");
+            assert!(
+                theirs.len() >= t.hash_area.len(),
+                "{blocks}: hash file shorter than ours"
+            );
+            assert_eq!(
+                &theirs[..t.hash_area.len()],
+                &t.hash_area[..],
+                "hash area bytes, {blocks} blocks"
+            );
             assert!(theirs[t.hash_area.len()..].iter().all(|&b| b == 0));
         }
     }

@@ -18,12 +18,20 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         // Deterministic placeholder inputs.
-        let kernel: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let kernel: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         std::fs::write(p.join("bzImage"), kernel).unwrap();
-        let gwosd: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(40503) >> 7) as u8).collect();
+        let gwosd: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(40503) >> 7) as u8)
+            .collect();
         std::fs::write(p.join("gwosd"), gwosd).unwrap();
         std::fs::create_dir_all(p.join("rootfs/etc/gwos")).unwrap();
-        std::fs::write(p.join("rootfs/etc/gwos/services.toml"), "# test service table\n").unwrap();
+        std::fs::write(
+            p.join("rootfs/etc/gwos/services.toml"),
+            "# test service table\n",
+        )
+        .unwrap();
         std::fs::write(
             p.join("image.toml"),
             "[image]\nversion_id = \"9.9.9\"\nversion = 7\n[partitions]\nesp_mib = 40\nroot_mib = 8\nverity_mib = 1\nstate_mib = 1\n[site.spa]\nport = 62201\n",
@@ -54,7 +62,11 @@ impl Fixture {
 }
 
 fn ok(o: &Output) -> String {
-    let s = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let s = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(o.status.success(), "command failed: {s}");
     s
 }
@@ -64,13 +76,21 @@ fn verify(img: &Path) -> Output {
 }
 
 fn fail_text(o: &Output) -> String {
-    assert!(!o.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        !o.status.success(),
+        "expected failure, got: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn flip(img: &Path, off: u64) {
     use std::io::{Read, Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(img).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .unwrap();
     let mut b = [0u8];
     f.seek(SeekFrom::Start(off)).unwrap();
     f.read_exact(&mut b).unwrap();
@@ -79,11 +99,22 @@ fn flip(img: &Path, off: u64) {
 }
 
 fn part(img: &Path, n: u32) -> (u64, u64) {
-    let o = Command::new("sgdisk").args(["-i", &n.to_string()]).arg(img).output().expect("sgdisk (gdisk)");
+    let o = Command::new("sgdisk")
+        .args(["-i", &n.to_string()])
+        .arg(img)
+        .output()
+        .expect("sgdisk (gdisk)");
     let t = String::from_utf8_lossy(&o.stdout);
     let num = |key: &str| -> u64 {
         let l = t.lines().find(|l| l.starts_with(key)).unwrap();
-        l.split(':').nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+        l.split(':')
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let first = num("First sector");
     let last = num("Last sector");
@@ -95,7 +126,12 @@ fn extract(img: &Path, n: u32, to: &Path) {
     let o = Command::new("dd")
         .arg(format!("if={}", img.display()))
         .arg(format!("of={}", to.display()))
-        .args(["bs=1M", &format!("skip={}", off / 1048576), &format!("count={}", len / 1048576), "status=none"])
+        .args([
+            "bs=1M",
+            &format!("skip={}", off / 1048576),
+            &format!("count={}", len / 1048576),
+            "status=none",
+        ])
         .output()
         .unwrap();
     ok(&o);
@@ -104,11 +140,25 @@ fn extract(img: &Path, n: u32, to: &Path) {
 #[test]
 fn build_verify_reproduce_and_detect_corruption() {
     let fx = Fixture::new();
-    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let log = ok(&fx.build("out1", &["--workspace", ws.to_str().unwrap()]));
     assert!(log.contains("DEVELOPMENT keys"), "{log}");
     let img = fx.p("out1/gwos.img");
-    for f in ["gwos.qcow2", "manifest.json", "manifest.signed", "build-report.json", "keys/dev-release.key", "keys/dev-control.pub", "slot-a/initramfs.cpio", "slot-a/cmdline", "slot-a/bzImage", "slot-a/uki.efi"] {
+    for f in [
+        "gwos.qcow2",
+        "manifest.json",
+        "manifest.signed",
+        "build-report.json",
+        "keys/dev-release.key",
+        "keys/dev-control.pub",
+        "slot-a/initramfs.cpio",
+        "slot-a/cmdline",
+        "slot-a/bzImage",
+        "slot-a/uki.efi",
+    ] {
         assert!(fx.p("out1").join(f).exists(), "{f} missing");
     }
     let v = ok(&verify(&img));
@@ -119,42 +169,97 @@ fn build_verify_reproduce_and_detect_corruption() {
     assert!(String::from_utf8_lossy(&s.stdout).contains("No problems found"));
 
     // veritysetup (the anchor) accepts our hash partition with the signed root hash.
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fx.p("out1/manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.p("out1/manifest.json")).unwrap())
+            .unwrap();
     let root_hash = m["root_hash"].as_str().unwrap();
     extract(&img, 2, &fx.p("root-a"));
     extract(&img, 3, &fx.p("verity-a"));
-    let vs = Command::new("veritysetup").arg("verify").arg(fx.p("root-a")).arg(fx.p("verity-a")).arg(root_hash).output().expect("veritysetup (cryptsetup-bin)");
+    let vs = Command::new("veritysetup")
+        .arg("verify")
+        .arg(fx.p("root-a"))
+        .arg(fx.p("verity-a"))
+        .arg(root_hash)
+        .output()
+        .expect("veritysetup (cryptsetup-bin)");
     ok(&vs);
     let cmdline = std::fs::read_to_string(fx.p("out1/slot-a/cmdline")).unwrap();
-    assert!(cmdline.contains(&format!("gwos.roothash={root_hash}")) && cmdline.contains("gwos.slot=a") && cmdline.contains("console=ttyS0,115200"));
+    assert!(
+        cmdline.contains(&format!("gwos.roothash={root_hash}"))
+            && cmdline.contains("gwos.slot=a")
+            && cmdline.contains("console=ttyS0,115200")
+    );
 
     // The initramfs (GNU cpio reads it) has /init, the release key and /dev/console.
-    let list = Command::new("sh").arg("-c").arg(format!("cpio -t --quiet < {}", fx.p("out1/slot-a/initramfs.cpio").display())).output().unwrap();
+    let list = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cpio -t --quiet < {}",
+            fx.p("out1/slot-a/initramfs.cpio").display()
+        ))
+        .output()
+        .unwrap();
     let list = ok(&list);
     for want in ["init", "dev/console", "newroot", "proc", "sys"] {
-        assert!(list.lines().any(|l| l == want), "{want} not in initramfs: {list}");
+        assert!(
+            list.lines().any(|l| l == want),
+            "{want} not in initramfs: {list}"
+        );
     }
-    assert!(list.lines().any(|l| l.starts_with("etc/gwos/release-keys/") && l.ends_with(".pub")), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("etc/gwos/release-keys/") && l.ends_with(".pub")),
+        "{list}"
+    );
 
     // The root has gwosd as /sbin/init, the rootfs files, and no shell.
     let ls = ok(&Command::new(GWOS).arg("ls").arg(&img).output().unwrap());
-    for want in [" /sbin/init", " /usr/bin/gwosd", " /etc/os-release", " /etc/gwos/site.toml", " /etc/gwos/services.toml", " /proc"] {
-        assert!(ls.lines().any(|l| l.ends_with(want)), "{want} missing in\n{ls}");
+    for want in [
+        " /sbin/init",
+        " /usr/bin/gwosd",
+        " /etc/os-release",
+        " /etc/gwos/site.toml",
+        " /etc/gwos/services.toml",
+        " /proc",
+    ] {
+        assert!(
+            ls.lines().any(|l| l.ends_with(want)),
+            "{want} missing in\n{ls}"
+        );
     }
     assert!(!ls.contains("/bin/sh"));
-    let e = fail_text(&Command::new(GWOS).arg("ls").arg(&img).arg("b").output().unwrap());
+    let e = fail_text(
+        &Command::new(GWOS)
+            .arg("ls")
+            .arg(&img)
+            .arg("b")
+            .output()
+            .unwrap(),
+    );
     assert!(e.contains("root-b") && e.contains("slot empty"), "{e}");
     // The dev control key is in the site config with scope admin.
-    let rep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fx.p("out1/build-report.json")).unwrap()).unwrap();
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.p("out1/build-report.json")).unwrap())
+            .unwrap();
     assert_eq!(rep["sbom"]["spdxVersion"], "SPDX-2.3");
-    let names: Vec<&str> = rep["sbom"]["packages"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = rep["sbom"]["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     for want in ["gwos-init", "erofs-utils", "systemd-boot-efi"] {
         assert!(names.contains(&want), "{want} not in SBOM: {names:?}");
     }
 
     // Reproducible: a second clean build with the same inputs and keys is byte-identical.
     std::fs::create_dir_all(fx.p("out2")).unwrap();
-    ok(&Command::new("cp").arg("-a").arg(fx.p("out1/keys")).arg(fx.p("out2/keys")).output().unwrap());
+    ok(&Command::new("cp")
+        .arg("-a")
+        .arg(fx.p("out1/keys"))
+        .arg(fx.p("out2/keys"))
+        .output()
+        .unwrap());
     ok(&fx.build("out2", &["--no-qcow2"]));
     let a = std::fs::read(&img).unwrap();
     let b = std::fs::read(fx.p("out2/gwos.img")).unwrap();
@@ -162,8 +267,20 @@ fn build_verify_reproduce_and_detect_corruption() {
 
     // Wrong key: refused, naming the unknown key id.
     let other = fx.p("other.key");
-    ok(&Command::new(GWOS).arg("keygen").arg(&other).output().unwrap());
-    let e = fail_text(&Command::new(GWOS).arg("verify").arg(&img).arg("--key").arg(fx.p("other.pub")).output().unwrap());
+    ok(&Command::new(GWOS)
+        .arg("keygen")
+        .arg(&other)
+        .output()
+        .unwrap());
+    let e = fail_text(
+        &Command::new(GWOS)
+            .arg("verify")
+            .arg(&img)
+            .arg("--key")
+            .arg(fx.p("other.pub"))
+            .output()
+            .unwrap(),
+    );
     assert!(e.contains("unknown key id"), "{e}");
 
     // One flipped byte in root-a's data → names root-a and the block.
@@ -192,7 +309,10 @@ fn build_verify_reproduce_and_detect_corruption() {
     // One flipped byte in the UKI's command line on the ESP → UKI hash mismatch.
     let (e_off, e_len) = part(&img, 1);
     let esp = &a[e_off as usize..(e_off + e_len) as usize];
-    let pos = esp.windows(11).position(|w| w == b"gwos.slot=a").expect("cmdline in ESP");
+    let pos = esp
+        .windows(11)
+        .position(|w| w == b"gwos.slot=a")
+        .expect("cmdline in ESP");
     let bad = fx.p("out1/bad-uki.img");
     std::fs::copy(&img, &bad).unwrap();
     flip(&bad, e_off + pos as u64 + 3);
@@ -203,13 +323,26 @@ fn build_verify_reproduce_and_detect_corruption() {
 #[test]
 fn configured_release_key_and_clear_errors() {
     let fx = Fixture::new();
-    ok(&Command::new(GWOS).arg("keygen").arg(fx.p("release.key")).output().unwrap());
+    ok(&Command::new(GWOS)
+        .arg("keygen")
+        .arg(fx.p("release.key"))
+        .output()
+        .unwrap());
     let mut cfg = std::fs::read_to_string(fx.p("image.toml")).unwrap();
     cfg.push_str("[keys]\nrelease_private = \"release.key\"\n");
     std::fs::write(fx.p("image.toml"), &cfg).unwrap();
     ok(&fx.build("out", &["--no-qcow2"]));
-    assert!(!fx.p("out/keys").exists(), "dev keys must not be made when a release key is set");
-    let o = Command::new(GWOS).arg("verify").arg(fx.p("out/gwos.img")).arg("--key").arg(fx.p("release.pub")).output().unwrap();
+    assert!(
+        !fx.p("out/keys").exists(),
+        "dev keys must not be made when a release key is set"
+    );
+    let o = Command::new(GWOS)
+        .arg("verify")
+        .arg(fx.p("out/gwos.img"))
+        .arg("--key")
+        .arg(fx.p("release.pub"))
+        .output()
+        .unwrap();
     ok(&o);
     // A world-readable private key is refused.
     use std::os::unix::fs::PermissionsExt;

@@ -17,7 +17,9 @@ pub fn parse(text: &str, key: &str) -> Option<String> {
 
 /// `gwos.test=a,b` flags (only test images and test boots set them).
 pub fn test_flag(flag: &str) -> bool {
-    get("gwos.test").map(|v| v.split(',').any(|f| f == flag)).unwrap_or(false)
+    get("gwos.test")
+        .map(|v| v.split(',').any(|f| f == flag))
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

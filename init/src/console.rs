@@ -43,6 +43,10 @@ pub fn fatal(why: &str) -> ! {
     say(&msg);
     kmsg(&msg);
     let reboot = crate::cmdline::get("gwos.on_fail").as_deref() == Some("reboot");
-    say(if reboot { "rebooting (gwos.on_fail=reboot)" } else { "powering off" });
+    say(if reboot {
+        "rebooting (gwos.on_fail=reboot)"
+    } else {
+        "powering off"
+    });
     crate::shutdown::halt(reboot)
 }

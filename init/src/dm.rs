@@ -75,7 +75,8 @@ fn ioctl(ctl: &File, req: libc::c_ulong, buf: &mut [u8], what: &str) -> Result<(
     // /dev/mapper/control.
     let r = unsafe { libc::ioctl(ctl.as_raw_fd(), req as _, buf.as_mut_ptr()) };
     if r < 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("device-mapper {what}"));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("device-mapper {what}"));
     }
     Ok(())
 }
@@ -129,9 +130,17 @@ mod tests {
 
     #[test]
     fn table_buffer_layout() {
-        let t = Target { start: 0, length: 8, kind: "verity", params: "1 2 3" };
+        let t = Target {
+            start: 0,
+            length: 8,
+            kind: "verity",
+            params: "1 2 3",
+        };
         let b = header("gwos-root", DM_READONLY_FLAG, &[t]).unwrap();
-        assert_eq!(u32::from_ne_bytes(b[12..16].try_into().unwrap()) as usize, b.len());
+        assert_eq!(
+            u32::from_ne_bytes(b[12..16].try_into().unwrap()) as usize,
+            b.len()
+        );
         assert_eq!(u32::from_ne_bytes(b[20..24].try_into().unwrap()), 1);
         assert_eq!(&b[48..57], b"gwos-root");
         let spec = &b[DM_IOCTL_SIZE..];

@@ -32,7 +32,14 @@ pub fn parse_uevent(text: &str) -> Option<(String, Part)> {
             _ => {}
         }
     }
-    Some((label?, Part { name: name?, major: major?, minor: minor? }))
+    Some((
+        label?,
+        Part {
+            name: name?,
+            major: major?,
+            minor: minor?,
+        },
+    ))
 }
 
 /// All labelled partitions the kernel knows now.
@@ -62,7 +69,10 @@ pub fn wait_for(labels: &[&str], timeout: Duration) -> anyhow::Result<Vec<Part>>
             let hits: Vec<&Part> = all.iter().filter(|(n, _)| n == l).map(|(_, p)| p).collect();
             if hits.len() > 1 {
                 let names: Vec<_> = hits.iter().map(|p| p.name.as_str()).collect();
-                anyhow::bail!("partition label {l:?} is on more than one device ({}); refusing to guess", names.join(", "));
+                anyhow::bail!(
+                    "partition label {l:?} is on more than one device ({}); refusing to guess",
+                    names.join(", ")
+                );
             }
             if let Some(p) = hits.first() {
                 found.push((*p).clone());
@@ -73,7 +83,11 @@ pub fn wait_for(labels: &[&str], timeout: Duration) -> anyhow::Result<Vec<Part>>
         }
         if start.elapsed() > timeout {
             let seen: Vec<_> = all.iter().map(|(l, p)| format!("{}={l}", p.name)).collect();
-            anyhow::bail!("partitions {labels:?} not found within {}s (seen: [{}])", timeout.as_secs(), seen.join(", "));
+            anyhow::bail!(
+                "partitions {labels:?} not found within {}s (seen: [{}])",
+                timeout.as_secs(),
+                seen.join(", ")
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }

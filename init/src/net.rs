@@ -6,7 +6,9 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{bail, Context, Result};
-use nix::sys::socket::{recv, sendto, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType};
+use nix::sys::socket::{
+    recv, sendto, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -69,7 +71,16 @@ pub fn addr_msg(index: u32, addr: Ipv4Addr, prefix: u8, seq: u32) -> Vec<u8> {
 
 pub fn default_route_msg(index: u32, gw: Ipv4Addr, seq: u32) -> Vec<u8> {
     // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
-    let mut b = vec![libc::AF_INET as u8, 0, 0, 0, libc::RT_TABLE_MAIN, libc::RTPROT_BOOT, libc::RT_SCOPE_UNIVERSE, libc::RTN_UNICAST];
+    let mut b = vec![
+        libc::AF_INET as u8,
+        0,
+        0,
+        0,
+        libc::RT_TABLE_MAIN,
+        libc::RTPROT_BOOT,
+        libc::RT_SCOPE_UNIVERSE,
+        libc::RTN_UNICAST,
+    ];
     b.extend_from_slice(&0u32.to_ne_bytes());
     attr(&mut b, libc::RTA_GATEWAY, &gw.octets());
     attr(&mut b, libc::RTA_OIF, &index.to_ne_bytes());
@@ -77,16 +88,36 @@ pub fn default_route_msg(index: u32, gw: Ipv4Addr, seq: u32) -> Vec<u8> {
 }
 
 fn request(msg: &[u8], what: &str) -> Result<()> {
-    let fd = socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkRoute).context("netlink socket")?;
-    sendto(std::os::fd::AsRawFd::as_raw_fd(&fd), msg, &NetlinkAddr::new(0, 0), MsgFlags::empty()).with_context(|| format!("netlink send ({what})"))?;
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkRoute,
+    )
+    .context("netlink socket")?;
+    sendto(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        msg,
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )
+    .with_context(|| format!("netlink send ({what})"))?;
     let mut buf = [0u8; 4096];
-    let n = recv(std::os::fd::AsRawFd::as_raw_fd(&fd), &mut buf, MsgFlags::empty()).with_context(|| format!("netlink recv ({what})"))?;
+    let n = recv(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &mut buf,
+        MsgFlags::empty(),
+    )
+    .with_context(|| format!("netlink recv ({what})"))?;
     if n < 20 || u16::from_ne_bytes([buf[4], buf[5]]) != NLMSG_ERROR {
         bail!("netlink {what}: unexpected reply");
     }
     let err = i32::from_ne_bytes(buf[16..20].try_into().expect("4 bytes"));
     if err != 0 {
-        bail!("netlink {what}: {}", std::io::Error::from_raw_os_error(-err));
+        bail!(
+            "netlink {what}: {}",
+            std::io::Error::from_raw_os_error(-err)
+        );
     }
     Ok(())
 }
@@ -97,11 +128,18 @@ fn index_of(name: &str) -> Result<u32> {
 
 /// The first ethernet interface backed by a device (type 1 with /device).
 pub fn first_ethernet() -> Option<String> {
-    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net").ok()?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     names.into_iter().find(|n| {
         let base = format!("/sys/class/net/{n}");
-        std::fs::read_to_string(format!("{base}/type")).map(|t| t.trim() == "1").unwrap_or(false) && std::path::Path::new(&format!("{base}/device")).exists()
+        std::fs::read_to_string(format!("{base}/type"))
+            .map(|t| t.trim() == "1")
+            .unwrap_or(false)
+            && std::path::Path::new(&format!("{base}/device")).exists()
     })
 }
 
@@ -111,8 +149,13 @@ pub fn configure(cfg: &NetworkConfig) -> Result<String> {
     let ifname = if cfg.interface.is_empty() {
         match first_ethernet() {
             Some(n) => n,
-            None if cfg.address.is_empty() => return Ok("no ethernet interface and no [network] address: loopback only".into()),
-            None => bail!("[network] address {} is configured but there is no ethernet interface", cfg.address),
+            None if cfg.address.is_empty() => {
+                return Ok("no ethernet interface and no [network] address: loopback only".into())
+            }
+            None => bail!(
+                "[network] address {} is configured but there is no ethernet interface",
+                cfg.address
+            ),
         }
     } else {
         cfg.interface.clone()
@@ -120,11 +163,20 @@ pub fn configure(cfg: &NetworkConfig) -> Result<String> {
     let idx = index_of(&ifname)?;
     request(&link_up_msg(idx, 2), "link up")?;
     if cfg.address.is_empty() {
-        return Ok(format!("{ifname} up, no address configured ([network] address empty)"));
+        return Ok(format!(
+            "{ifname} up, no address configured ([network] address empty)"
+        ));
     }
-    let (a, p) = cfg.address.split_once('/').context("[network] address must be a.b.c.d/prefix")?;
+    let (a, p) = cfg
+        .address
+        .split_once('/')
+        .context("[network] address must be a.b.c.d/prefix")?;
     let addr: Ipv4Addr = a.parse().context("[network] address")?;
-    let prefix: u8 = p.parse().ok().filter(|p| *p <= 32).context("[network] prefix")?;
+    let prefix: u8 = p
+        .parse()
+        .ok()
+        .filter(|p| *p <= 32)
+        .context("[network] prefix")?;
     request(&addr_msg(idx, addr, prefix, 3), "add address")?;
     let mut s = format!("{ifname} {addr}/{prefix}");
     if !cfg.gateway.is_empty() {
@@ -142,7 +194,10 @@ mod tests {
     #[test]
     fn message_layout() {
         let m = addr_msg(2, Ipv4Addr::new(10, 0, 0, 2), 24, 7);
-        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize, m.len());
+        assert_eq!(
+            u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize,
+            m.len()
+        );
         assert_eq!(u16::from_ne_bytes([m[4], m[5]]), RTM_NEWADDR);
         assert_eq!(m[16], libc::AF_INET as u8);
         assert_eq!(m[17], 24);
@@ -163,7 +218,11 @@ mod tests {
             request(&link_up_msg(index_of("lo").unwrap(), 1), "lo up").unwrap();
             let lo = index_of("lo").unwrap();
             request(&addr_msg(lo, Ipv4Addr::new(10, 9, 8, 7), 8, 2), "addr").unwrap();
-            let e = request(&addr_msg(lo, Ipv4Addr::new(10, 9, 8, 7), 8, 3), "addr again").unwrap_err();
+            let e = request(
+                &addr_msg(lo, Ipv4Addr::new(10, 9, 8, 7), 8, 3),
+                "addr again",
+            )
+            .unwrap_err();
             assert!(format!("{e:#}").contains("exists"), "{e:#}");
             std::fs::read_to_string("/proc/thread-self/net/fib_trie").unwrap()
         });

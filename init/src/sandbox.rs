@@ -29,7 +29,9 @@ pub struct Spec {
 
 /// Applies the sandbox if PID 1 asked for one.
 pub fn apply_from_env() -> Result<()> {
-    let Ok(json) = std::env::var(ENV) else { return Ok(()) };
+    let Ok(json) = std::env::var(ENV) else {
+        return Ok(());
+    };
     std::env::remove_var(ENV);
     let spec: Spec = serde_json::from_str(&json).context("bad GWOS_SANDBOX spec")?;
     apply(&spec).with_context(|| format!("sandboxing service {}", spec.name))
@@ -56,32 +58,61 @@ fn rlimits(nofile: u64) -> Result<()> {
 fn mount_namespace(s: &Spec) -> Result<()> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
     let none = None::<&str>;
-    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none).context("making / private")?;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .context("making / private")?;
     let state = format!("{}/{}", gwos_core::context::STATE_ROOT, s.name);
     let mut rw: Vec<String> = vec![state, gwos_core::context::RUN_DIR.to_string()];
     rw.extend(s.writable.iter().cloned());
     // Bind each writable path onto itself so it stays writable below the read-only parents.
     for p in &rw {
         std::fs::create_dir_all(p).ok();
-        mount(Some(p.as_str()), p.as_str(), none, MsFlags::MS_BIND | MsFlags::MS_REC, none).with_context(|| format!("bind {p}"))?;
+        mount(
+            Some(p.as_str()),
+            p.as_str(),
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none,
+        )
+        .with_context(|| format!("bind {p}"))?;
     }
     for p in ["/var", "/run"] {
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        let flags = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC;
         mount(none, p, none, flags, none).with_context(|| format!("remounting {p} read-only"))?;
     }
-    mount(Some("tmpfs"), "/tmp", Some("tmpfs"), crate::mounts::SAFE, Some("mode=1777,size=16m")).context("private /tmp")?;
+    mount(
+        Some("tmpfs"),
+        "/tmp",
+        Some("tmpfs"),
+        crate::mounts::SAFE,
+        Some("mode=1777,size=16m"),
+    )
+    .context("private /tmp")?;
     Ok(())
 }
 
 fn drop_privileges(s: &Spec) -> Result<()> {
-    let keep: HashSet<Capability> = s.caps.iter().map(|c| c.parse::<Capability>()).collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let keep: HashSet<Capability> = s
+        .caps
+        .iter()
+        .map(|c| c.parse::<Capability>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     for c in caps::all() {
         if !keep.contains(&c) {
-            caps::drop(None, CapSet::Bounding, c).with_context(|| format!("dropping {c} from the bounding set"))?;
+            caps::drop(None, CapSet::Bounding, c)
+                .with_context(|| format!("dropping {c} from the bounding set"))?;
         }
     }
     nix::sys::prctl::set_keepcaps(true)?;
-    let (u, g) = (nix::unistd::Uid::from_raw(s.uid), nix::unistd::Gid::from_raw(s.gid));
+    let (u, g) = (
+        nix::unistd::Uid::from_raw(s.uid),
+        nix::unistd::Gid::from_raw(s.gid),
+    );
     nix::unistd::setgroups(&[]).context("setgroups")?;
     nix::unistd::setresgid(g, g, g).context("setresgid")?;
     nix::unistd::setresuid(u, u, u).context("setresuid")?;

@@ -36,45 +36,125 @@
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Result};
-use seccompiler::{BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 
 /// Allowed for every service, any arguments.
 pub const BASE: &[i64] = &[
     // --- memory ---
-    libc::SYS_brk, libc::SYS_mmap, libc::SYS_munmap, libc::SYS_mremap, libc::SYS_mprotect, libc::SYS_madvise,
+    libc::SYS_brk,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
     // --- threads (tokio workers/blocking pool, std::thread) and their exit ---
     // (`clone` only without namespace flags: see `program`; `clone3` is
     // listed here but answered ENOSYS by an earlier filter, see `CLONE3`.)
-    libc::SYS_clone3, libc::SYS_set_robust_list, libc::SYS_rseq, libc::SYS_set_tid_address,
-    libc::SYS_futex, libc::SYS_sched_yield, libc::SYS_sched_getaffinity, libc::SYS_membarrier,
-    libc::SYS_exit, libc::SYS_exit_group,
+    libc::SYS_clone3,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_set_tid_address,
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_membarrier,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
     // getrlimit/prlimit64: std and tokio read RLIMIT_STACK/NOFILE; raising a
     // hard limit needs CAP_SYS_RESOURCE, which no service has.
-    libc::SYS_prlimit64, libc::SYS_getrlimit,
+    libc::SYS_prlimit64,
+    libc::SYS_getrlimit,
     // --- signals: tokio's signal handling, panics, abort() (raise → tgkill) ---
-    libc::SYS_rt_sigaction, libc::SYS_rt_sigprocmask, libc::SYS_rt_sigreturn, libc::SYS_sigaltstack,
-    libc::SYS_restart_syscall, libc::SYS_tgkill,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_restart_syscall,
+    libc::SYS_tgkill,
     // --- identity and time (vDSO usually answers; these are its fallbacks) ---
-    libc::SYS_getpid, libc::SYS_gettid, libc::SYS_getppid, libc::SYS_getuid, libc::SYS_geteuid,
-    libc::SYS_getgid, libc::SYS_getegid, libc::SYS_uname, libc::SYS_sysinfo, libc::SYS_getrandom,
-    libc::SYS_clock_gettime, libc::SYS_clock_getres, libc::SYS_gettimeofday, libc::SYS_clock_nanosleep,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_getppid,
+    libc::SYS_getuid,
+    libc::SYS_geteuid,
+    libc::SYS_getgid,
+    libc::SYS_getegid,
+    libc::SYS_uname,
+    libc::SYS_sysinfo,
+    libc::SYS_getrandom,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_getres,
+    libc::SYS_gettimeofday,
+    libc::SYS_clock_nanosleep,
     libc::SYS_nanosleep,
     // --- files: config, keys, state files (write + fdatasync + rename), /proc/self ---
-    libc::SYS_openat, libc::SYS_read, libc::SYS_write, libc::SYS_readv, libc::SYS_writev, libc::SYS_pread64,
-    libc::SYS_pwrite64, libc::SYS_lseek, libc::SYS_close, libc::SYS_close_range, libc::SYS_fstat,
-    libc::SYS_newfstatat, libc::SYS_statx, libc::SYS_fcntl, libc::SYS_dup, libc::SYS_dup3, libc::SYS_pipe2,
-    libc::SYS_getdents64, libc::SYS_readlink, libc::SYS_readlinkat, libc::SYS_access, libc::SYS_faccessat,
-    libc::SYS_faccessat2, libc::SYS_getcwd, libc::SYS_mkdir, libc::SYS_mkdirat, libc::SYS_unlink,
-    libc::SYS_unlinkat, libc::SYS_rename, libc::SYS_renameat, libc::SYS_renameat2, libc::SYS_chmod,
-    libc::SYS_fchmod, libc::SYS_fchmodat, libc::SYS_fsync, libc::SYS_fdatasync, libc::SYS_ftruncate,
+    libc::SYS_openat,
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_lseek,
+    libc::SYS_close,
+    libc::SYS_close_range,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_fcntl,
+    libc::SYS_dup,
+    libc::SYS_dup3,
+    libc::SYS_pipe2,
+    libc::SYS_getdents64,
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
+    libc::SYS_access,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_getcwd,
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_chmod,
+    libc::SYS_fchmod,
+    libc::SYS_fchmodat,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_ftruncate,
     // --- event loop (mio/tokio: epoll + eventfd waker) ---
-    libc::SYS_epoll_create1, libc::SYS_epoll_ctl, libc::SYS_epoll_wait, libc::SYS_epoll_pwait,
-    libc::SYS_epoll_pwait2, libc::SYS_eventfd2, libc::SYS_poll, libc::SYS_ppoll,
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_pwait2,
+    libc::SYS_eventfd2,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
     // --- sockets (which families `socket` may create: see `SOCKET_FAMILIES`) ---
-    libc::SYS_socketpair, libc::SYS_bind, libc::SYS_listen, libc::SYS_accept4, libc::SYS_accept,
-    libc::SYS_connect, libc::SYS_getsockname, libc::SYS_getpeername, libc::SYS_setsockopt,
-    libc::SYS_getsockopt, libc::SYS_sendto, libc::SYS_sendmsg, libc::SYS_sendmmsg, libc::SYS_recvfrom,
-    libc::SYS_recvmsg, libc::SYS_recvmmsg, libc::SYS_shutdown,
+    libc::SYS_socketpair,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_accept4,
+    libc::SYS_accept,
+    libc::SYS_connect,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockopt,
+    libc::SYS_sendto,
+    libc::SYS_sendmsg,
+    libc::SYS_sendmmsg,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_recvmmsg,
+    libc::SYS_shutdown,
 ];
 
 /// Per-service additions to [`BASE`] (syscalls any arguments).
@@ -88,7 +168,12 @@ pub const EXTRA: &[(&str, &[i64])] = &[
 /// (the RPC sockets, SO_PEERCRED), IPv4/IPv6 (the listeners, tls-front →
 /// vpn, the vpn's interface ioctls) and netlink (nftables sets and chains,
 /// links and addresses). No AF_PACKET, no AF_ALG, no AF_KEY, ...
-pub const SOCKET_FAMILIES: &[i32] = &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK];
+pub const SOCKET_FAMILIES: &[i32] = &[
+    libc::AF_UNIX,
+    libc::AF_INET,
+    libc::AF_INET6,
+    libc::AF_NETLINK,
+];
 
 /// `ioctl(fd, request, ..)` is allowed for these requests only, per service
 /// (`"*"` = every service).
@@ -97,7 +182,17 @@ pub const IOCTLS: &[(&str, &[u64])] = &[
     ("*", &[libc::FIONBIO, libc::FIOCLEX]),
     // vpn: create TUN gw0 (TUNSETIFF) and give it address, netmask, MTU and
     // the UP flag (services/vpn/src/tun.rs).
-    ("vpn", &[TUNSETIFF, libc::SIOCSIFADDR, libc::SIOCSIFNETMASK, libc::SIOCSIFMTU, libc::SIOCGIFFLAGS, libc::SIOCSIFFLAGS]),
+    (
+        "vpn",
+        &[
+            TUNSETIFF,
+            libc::SIOCSIFADDR,
+            libc::SIOCSIFNETMASK,
+            libc::SIOCSIFMTU,
+            libc::SIOCGIFFLAGS,
+            libc::SIOCSIFFLAGS,
+        ],
+    ),
 ];
 
 /// `prctl(option, ..)` is allowed for these options only: thread names
@@ -134,19 +229,66 @@ const TUNSETIFF: u64 = 0x4004_54ca;
 /// kexec, keyrings, the clock, reboot/swap, raw port I/O, handle-based opens
 /// that bypass the mount namespace, and running programs at all.
 pub const NEVER: &[i64] = &[
-    libc::SYS_mount, libc::SYS_umount2, libc::SYS_pivot_root, libc::SYS_chroot, libc::SYS_kexec_load,
-    libc::SYS_kexec_file_load, libc::SYS_init_module, libc::SYS_finit_module, libc::SYS_delete_module,
-    libc::SYS_reboot, libc::SYS_swapon, libc::SYS_swapoff, libc::SYS_ptrace, libc::SYS_process_vm_readv,
-    libc::SYS_process_vm_writev, libc::SYS_bpf, libc::SYS_perf_event_open, libc::SYS_userfaultfd,
-    libc::SYS_keyctl, libc::SYS_add_key, libc::SYS_request_key, libc::SYS_acct, libc::SYS_settimeofday,
-    libc::SYS_clock_settime, libc::SYS_clock_adjtime, libc::SYS_adjtimex, libc::SYS_setns, libc::SYS_unshare,
-    libc::SYS_open_by_handle_at, libc::SYS_name_to_handle_at, libc::SYS_iopl, libc::SYS_ioperm,
-    libc::SYS_quotactl, libc::SYS_syslog, libc::SYS_personality, libc::SYS_vhangup, libc::SYS_sethostname,
-    libc::SYS_setdomainname, libc::SYS_fsopen, libc::SYS_fsmount, libc::SYS_move_mount, libc::SYS_open_tree,
-    libc::SYS_fsconfig, libc::SYS_fspick, libc::SYS_mount_setattr, libc::SYS_execve, libc::SYS_execveat,
-    libc::SYS_kcmp, libc::SYS_pidfd_getfd, libc::SYS_setuid, libc::SYS_setgid, libc::SYS_setresuid,
-    libc::SYS_setresgid, libc::SYS_setgroups, libc::SYS_capset, libc::SYS_seccomp, libc::SYS_lookup_dcookie,
-    libc::SYS_io_uring_setup, libc::SYS_io_uring_enter, libc::SYS_io_uring_register,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_reboot,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_acct,
+    libc::SYS_settimeofday,
+    libc::SYS_clock_settime,
+    libc::SYS_clock_adjtime,
+    libc::SYS_adjtimex,
+    libc::SYS_setns,
+    libc::SYS_unshare,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_iopl,
+    libc::SYS_ioperm,
+    libc::SYS_quotactl,
+    libc::SYS_syslog,
+    libc::SYS_personality,
+    libc::SYS_vhangup,
+    libc::SYS_sethostname,
+    libc::SYS_setdomainname,
+    libc::SYS_fsopen,
+    libc::SYS_fsmount,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_fsconfig,
+    libc::SYS_fspick,
+    libc::SYS_mount_setattr,
+    libc::SYS_execve,
+    libc::SYS_execveat,
+    libc::SYS_kcmp,
+    libc::SYS_pidfd_getfd,
+    libc::SYS_setuid,
+    libc::SYS_setgid,
+    libc::SYS_setresuid,
+    libc::SYS_setresgid,
+    libc::SYS_setgroups,
+    libc::SYS_capset,
+    libc::SYS_seccomp,
+    libc::SYS_lookup_dcookie,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
 ];
 
 /// Every syscall number `service` may make with any arguments.
@@ -164,14 +306,19 @@ pub fn allowed(service: &str) -> Vec<i64> {
 
 /// The ioctl requests `service` may make.
 pub fn ioctls(service: &str) -> Vec<u64> {
-    let mut v: Vec<u64> = IOCTLS.iter().filter(|(n, _)| *n == "*" || *n == service).flat_map(|(_, r)| r.iter().copied()).collect();
+    let mut v: Vec<u64> = IOCTLS
+        .iter()
+        .filter(|(n, _)| *n == "*" || *n == service)
+        .flat_map(|(_, r)| r.iter().copied())
+        .collect();
     v.sort_unstable();
     v.dedup();
     v
 }
 
 fn rule(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompRule> {
-    let c = SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).map_err(|e| anyhow!("seccomp condition: {e}"))?;
+    let c = SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
+        .map_err(|e| anyhow!("seccomp condition: {e}"))?;
     SeccompRule::new(vec![c]).map_err(|e| anyhow!("seccomp rule: {e}"))
 }
 
@@ -179,28 +326,65 @@ fn arg_eq(arg: u8, value: u64) -> Result<SeccompRule> {
     rule(arg, SeccompCmpOp::Eq, value)
 }
 
-fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, mismatch: SeccompAction, matched: SeccompAction) -> Result<BpfProgram> {
-    let filter = SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64).map_err(|e| anyhow!("seccomp filter: {e}"))?;
-    filter.try_into().map_err(|e: seccompiler::BackendError| anyhow!("seccomp compile: {e}"))
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram> {
+    let filter = SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)
+        .map_err(|e| anyhow!("seccomp filter: {e}"))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| anyhow!("seccomp compile: {e}"))
 }
 
 /// The first filter: `clone3` → ENOSYS, everything else passes on to the allowlist.
 pub fn clone3_program() -> Result<BpfProgram> {
-    compile([(CLONE3, vec![])].into_iter().collect(), SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32))
+    compile(
+        [(CLONE3, vec![])].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+    )
 }
 
 /// The compiled filter for `service`: listed syscalls are allowed, anything
 /// else returns EPERM.
 pub fn program(service: &str) -> Result<BpfProgram> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allowed(service).into_iter().map(|n| (n, vec![])).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        allowed(service).into_iter().map(|n| (n, vec![])).collect();
     // Each rule in a syscall's list is one alternative (OR); the request /
     // family / option / flags are compared as 32-bit values, which is how the
     // kernel reads them (the namespace flags all live in the low 32 bits).
-    rules.insert(libc::SYS_socket, SOCKET_FAMILIES.iter().map(|f| arg_eq(0, *f as u64)).collect::<Result<_>>()?);
-    rules.insert(libc::SYS_ioctl, ioctls(service).into_iter().map(|r| arg_eq(1, r)).collect::<Result<_>>()?);
-    rules.insert(libc::SYS_prctl, PRCTLS.iter().map(|o| arg_eq(0, *o as u64)).collect::<Result<_>>()?);
-    rules.insert(libc::SYS_clone, vec![rule(0, SeccompCmpOp::MaskedEq(CLONE_NS_FLAGS), 0)?]);
-    compile(rules, SeccompAction::Errno(libc::EPERM as u32), SeccompAction::Allow)
+    rules.insert(
+        libc::SYS_socket,
+        SOCKET_FAMILIES
+            .iter()
+            .map(|f| arg_eq(0, *f as u64))
+            .collect::<Result<_>>()?,
+    );
+    rules.insert(
+        libc::SYS_ioctl,
+        ioctls(service)
+            .into_iter()
+            .map(|r| arg_eq(1, r))
+            .collect::<Result<_>>()?,
+    );
+    rules.insert(
+        libc::SYS_prctl,
+        PRCTLS
+            .iter()
+            .map(|o| arg_eq(0, *o as u64))
+            .collect::<Result<_>>()?,
+    );
+    rules.insert(
+        libc::SYS_clone,
+        vec![rule(0, SeccompCmpOp::MaskedEq(CLONE_NS_FLAGS), 0)?],
+    );
+    compile(
+        rules,
+        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Allow,
+    )
 }
 
 /// Installs the filters for `service` on every thread of this process (there
@@ -210,8 +394,10 @@ pub fn program(service: &str) -> Result<BpfProgram> {
 /// Needs no_new_privs, which the sandbox sets first.
 pub fn install(service: &str) -> Result<()> {
     let (first, allow) = (clone3_program()?, program(service)?);
-    seccompiler::apply_filter_all_threads(&first).map_err(|e| anyhow!("seccomp apply (clone3): {e}"))?;
-    seccompiler::apply_filter_all_threads(&allow).map_err(|e| anyhow!("seccomp apply (allowlist): {e}"))
+    seccompiler::apply_filter_all_threads(&first)
+        .map_err(|e| anyhow!("seccomp apply (clone3): {e}"))?;
+    seccompiler::apply_filter_all_threads(&allow)
+        .map_err(|e| anyhow!("seccomp apply (allowlist): {e}"))
 }
 
 /// One line for the selftest service: a syscall on [`NEVER`] (`unshare(0)`,
@@ -221,7 +407,11 @@ pub fn probe() -> String {
     fn res(rc: libc::c_long) -> String {
         if rc < 0 {
             let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EPERM) { "EPERM".into() } else { format!("{e}") }
+            if e.raw_os_error() == Some(libc::EPERM) {
+                "EPERM".into()
+            } else {
+                format!("{e}")
+            }
         } else {
             "ok".into()
         }
@@ -239,30 +429,58 @@ pub fn probe() -> String {
 mod tests {
     use super::*;
 
-    const SERVICES: &[&str] = &["spa", "vpn", "tls-front", "control", "selftest", "selftest-crash"];
+    const SERVICES: &[&str] = &[
+        "spa",
+        "vpn",
+        "tls-front",
+        "control",
+        "selftest",
+        "selftest-crash",
+    ];
 
     #[test]
     fn nothing_on_the_never_list_is_allowed() {
         for s in SERVICES {
             let a = allowed(s);
             for n in NEVER {
-                assert!(!a.contains(n), "{s}: syscall {n} is on NEVER and on the allowlist");
+                assert!(
+                    !a.contains(n),
+                    "{s}: syscall {n} is on NEVER and on the allowlist"
+                );
             }
             // These are allowed only with checked arguments (see `program`).
-            for n in [libc::SYS_socket, libc::SYS_ioctl, libc::SYS_prctl, libc::SYS_clone] {
-                assert!(!a.contains(&n) && !NEVER.contains(&n), "{s}: {n} must be argument-checked");
+            for n in [
+                libc::SYS_socket,
+                libc::SYS_ioctl,
+                libc::SYS_prctl,
+                libc::SYS_clone,
+            ] {
+                assert!(
+                    !a.contains(&n) && !NEVER.contains(&n),
+                    "{s}: {n} must be argument-checked"
+                );
             }
         }
     }
 
     #[test]
     fn extras_name_real_services_and_only_vpn_gets_tun() {
-        for name in EXTRA.iter().map(|(n, _)| *n).chain(IOCTLS.iter().map(|(n, _)| *n)) {
-            assert!(name == "*" || SERVICES.contains(&name), "unknown service {name}");
+        for name in EXTRA
+            .iter()
+            .map(|(n, _)| *n)
+            .chain(IOCTLS.iter().map(|(n, _)| *n))
+        {
+            assert!(
+                name == "*" || SERVICES.contains(&name),
+                "unknown service {name}"
+            );
         }
         assert!(ioctls("vpn").contains(&TUNSETIFF));
         for s in ["spa", "tls-front", "control", "selftest"] {
-            assert!(!ioctls(s).contains(&TUNSETIFF), "{s} may create TUN devices");
+            assert!(
+                !ioctls(s).contains(&TUNSETIFF),
+                "{s} may create TUN devices"
+            );
         }
     }
 
@@ -281,12 +499,25 @@ mod tests {
     fn installed_filters_in_a_fresh_process() {
         for svc in ["spa", "vpn"] {
             let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "seccomp::tests::child_under_filter", "--ignored", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "seccomp::tests::child_under_filter",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env(CHILD_ENV, svc)
                 .output()
                 .unwrap();
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            assert!(out.status.success() && text.contains("seccomp child ok"), "{svc}: {text}");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success() && text.contains("seccomp child ok"),
+                "{svc}: {text}"
+            );
         }
     }
 
@@ -297,7 +528,8 @@ mod tests {
     #[test]
     #[ignore = "runs in its own process, started by installed_filters_in_a_fresh_process"]
     fn child_under_filter() {
-        let svc = std::env::var(CHILD_ENV).expect("started by installed_filters_in_a_fresh_process");
+        let svc =
+            std::env::var(CHILD_ENV).expect("started by installed_filters_in_a_fresh_process");
         nix::sys::prctl::set_no_new_privs().unwrap();
         install(&svc).unwrap();
         let eperm = Some(libc::EPERM);
@@ -306,27 +538,83 @@ mod tests {
         // struct that the filter answers before the kernel reads it, and a clone that the filter
         // refuses before it runs (SIGCHLD-only flags otherwise; it never gets that far).
         unsafe {
-            assert_eq!(errno(libc::syscall(libc::SYS_unshare, 0)), eperm, "unshare (NEVER)");
-            assert_eq!(errno(libc::syscall(libc::SYS_getpriority, libc::PRIO_PROCESS, 0)), eperm, "getpriority (unlisted)");
-            assert_eq!(errno(libc::syscall(libc::SYS_socket, libc::AF_PACKET, libc::SOCK_DGRAM, 0)), eperm, "AF_PACKET");
-            assert_eq!(errno(libc::syscall(libc::SYS_prctl, libc::PR_SET_DUMPABLE, 1, 0, 0, 0)), eperm, "prctl(PR_SET_DUMPABLE)");
+            assert_eq!(
+                errno(libc::syscall(libc::SYS_unshare, 0)),
+                eperm,
+                "unshare (NEVER)"
+            );
+            assert_eq!(
+                errno(libc::syscall(libc::SYS_getpriority, libc::PRIO_PROCESS, 0)),
+                eperm,
+                "getpriority (unlisted)"
+            );
+            assert_eq!(
+                errno(libc::syscall(
+                    libc::SYS_socket,
+                    libc::AF_PACKET,
+                    libc::SOCK_DGRAM,
+                    0
+                )),
+                eperm,
+                "AF_PACKET"
+            );
+            assert_eq!(
+                errno(libc::syscall(
+                    libc::SYS_prctl,
+                    libc::PR_SET_DUMPABLE,
+                    1,
+                    0,
+                    0,
+                    0
+                )),
+                eperm,
+                "prctl(PR_SET_DUMPABLE)"
+            );
             let args = [0u64; 11];
-            assert_eq!(errno(libc::syscall(libc::SYS_clone3, args.as_ptr(), std::mem::size_of_val(&args))), Some(libc::ENOSYS), "clone3");
+            assert_eq!(
+                errno(libc::syscall(
+                    libc::SYS_clone3,
+                    args.as_ptr(),
+                    std::mem::size_of_val(&args)
+                )),
+                Some(libc::ENOSYS),
+                "clone3"
+            );
             let userns = (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong;
-            assert_eq!(errno(libc::syscall(libc::SYS_clone, userns, 0, 0, 0, 0)), eperm, "clone(CLONE_NEWUSER)");
+            assert_eq!(
+                errno(libc::syscall(libc::SYS_clone, userns, 0, 0, 0, 0)),
+                eperm,
+                "clone(CLONE_NEWUSER)"
+            );
             assert!(libc::syscall(libc::SYS_getppid) > 0);
-            assert!(libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_DGRAM, 0) >= 0, "AF_UNIX");
+            assert!(
+                libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_DGRAM, 0) >= 0,
+                "AF_UNIX"
+            );
             let tun = std::fs::File::open("/dev/net/tun").ok();
             if let (Some(f), false) = (&tun, svc == "vpn") {
                 use std::os::fd::AsRawFd;
                 let mut req = [0u8; 40];
-                assert_eq!(errno(libc::syscall(libc::SYS_ioctl, f.as_raw_fd(), TUNSETIFF, req.as_mut_ptr())), eperm, "TUNSETIFF for {svc}");
+                assert_eq!(
+                    errno(libc::syscall(
+                        libc::SYS_ioctl,
+                        f.as_raw_fd(),
+                        TUNSETIFF,
+                        req.as_mut_ptr()
+                    )),
+                    eperm,
+                    "TUNSETIFF for {svc}"
+                );
             }
         }
         // Threads (glibc falls back from clone3 to clone) and a multi-threaded tokio runtime with
         // timers, a unix socket pair and a blocking-pool task, as the services use them.
         assert_eq!(std::thread::spawn(|| 7).join().unwrap(), 7);
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;

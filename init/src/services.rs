@@ -31,7 +31,10 @@ pub fn lookup(name: &str) -> Option<RunFn> {
 pub fn selftest_table() -> Vec<crate::supervisor::Service> {
     let mk = |name: &str, required: bool| {
         let t = format!("[[service]]\nname = \"{name}\"\nuid = 899\ngid = 899\nmemory_max = \"32M\"\npids_max = 16\nrequired = {required}\n");
-        crate::supervisor::table::parse(&t).expect("selftest table entry parses").service.remove(0)
+        crate::supervisor::table::parse(&t)
+            .expect("selftest table entry parses")
+            .service
+            .remove(0)
     };
     vec![mk("selftest", true), mk("selftest-crash", false)]
 }
@@ -39,14 +42,26 @@ pub fn selftest_table() -> Vec<crate::supervisor::Service> {
 fn status_line(key: &str) -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(key)).map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        })
         .unwrap_or_default()
 }
 
 fn selftest(ctx: ServiceContext) -> anyhow::Result<()> {
-    let etc = std::fs::write("/etc/gwos/selftest", b"x").map_err(|e| e.to_string()).err().unwrap_or_else(|| "WRITABLE".into());
-    let var = std::fs::write("/var/lib/gwos/x", b"x").map_err(|e| e.to_string()).err().unwrap_or_else(|| "WRITABLE".into());
-    let own = std::fs::write(ctx.state_dir.join("probe"), b"x").map(|_| "writable".to_string()).unwrap_or_else(|e| e.to_string());
+    let etc = std::fs::write("/etc/gwos/selftest", b"x")
+        .map_err(|e| e.to_string())
+        .err()
+        .unwrap_or_else(|| "WRITABLE".into());
+    let var = std::fs::write("/var/lib/gwos/x", b"x")
+        .map_err(|e| e.to_string())
+        .err()
+        .unwrap_or_else(|| "WRITABLE".into());
+    let own = std::fs::write(ctx.state_dir.join("probe"), b"x")
+        .map(|_| "writable".to_string())
+        .unwrap_or_else(|e| e.to_string());
     eprintln!(
         "selftest: uid={} gid={} CapEff={} CapBnd={} CapAmb={} NoNewPrivs={} Seccomp={} write /etc: {etc}; write /var/lib/gwos: {var}; own state dir: {own}",
         status_line("Uid:"), status_line("Gid:"), status_line("CapEff:"), status_line("CapBnd:"), status_line("CapAmb:"), status_line("NoNewPrivs:"), status_line("Seccomp:")
@@ -54,9 +69,13 @@ fn selftest(ctx: ServiceContext) -> anyhow::Result<()> {
     // The allowlist at work: a NEVER syscall and an unlisted one fail with EPERM, a listed one works.
     eprintln!("selftest: seccomp probe: {}", crate::seccomp::probe());
     let path = ctx.socket_path(&ctx.name);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let handler: gwos_core::rpc::Handler = Arc::new(|req, _peer| match req.method.as_str() {
-        "health" => gwos_core::rpc::Response::ok(serde_json::json!({"healthy": true, "service": "selftest"})),
+        "health" => gwos_core::rpc::Response::ok(
+            serde_json::json!({"healthy": true, "service": "selftest"}),
+        ),
         m => gwos_core::rpc::Response::err(format!("unknown method {m}")),
     });
     rt.block_on(gwos_core::rpc::serve(&path, vec![0], handler))

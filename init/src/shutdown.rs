@@ -8,7 +8,11 @@ use nix::sys::reboot::{reboot, RebootMode};
 pub fn halt(reboot_instead: bool) -> ! {
     nix::unistd::sync();
     if nix::unistd::getpid().as_raw() == 1 {
-        let mode = if reboot_instead { RebootMode::RB_AUTOBOOT } else { RebootMode::RB_POWER_OFF };
+        let mode = if reboot_instead {
+            RebootMode::RB_AUTOBOOT
+        } else {
+            RebootMode::RB_POWER_OFF
+        };
         let _ = reboot(mode);
         // reboot(2) does not return on success; if it did, hang rather than exit
         // (PID 1 exiting panics the kernel, which is also fail-closed but noisier).
@@ -37,13 +41,17 @@ pub fn power_button_pressed() -> bool {
 pub fn watch_power_button() -> usize {
     const EV_KEY: u16 = 1;
     const KEY_POWER: u16 = 116;
-    let Ok(rd) = std::fs::read_dir("/dev/input") else { return 0 };
+    let Ok(rd) = std::fs::read_dir("/dev/input") else {
+        return 0;
+    };
     let mut n = 0;
     for e in rd.flatten() {
         if !e.file_name().to_string_lossy().starts_with("event") {
             continue;
         }
-        let Ok(mut f) = std::fs::File::open(e.path()) else { continue };
+        let Ok(mut f) = std::fs::File::open(e.path()) else {
+            continue;
+        };
         n += 1;
         std::thread::spawn(move || {
             use std::io::Read;
@@ -68,7 +76,13 @@ pub fn unmount_all() {
     nix::unistd::sync();
     for m in ["/var"] {
         if umount2(m, MntFlags::empty()).is_err() {
-            let _ = mount(None::<&str>, m, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>);
+            let _ = mount(
+                None::<&str>,
+                m,
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            );
         }
     }
     nix::unistd::sync();

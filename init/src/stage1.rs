@@ -25,7 +25,9 @@ pub fn main(t0_ms: u64) -> ! {
     if let Err(e) = mount_early() {
         console::fatal(&format!("stage 1: {e:#}"));
     }
-    console::say(&format!("stage 1 (initramfs) pid 1 started at {t0_ms} ms after kernel start"));
+    console::say(&format!(
+        "stage 1 (initramfs) pid 1 started at {t0_ms} ms after kernel start"
+    ));
     match verify_and_mount() {
         Ok(()) => {}
         Err(e) => console::fatal(&format!("{e:#}")),
@@ -42,7 +44,13 @@ pub fn main(t0_ms: u64) -> ! {
 fn mount_early() -> Result<()> {
     mounts::fs_once("proc", "/proc", "proc", mounts::SAFE, None)?;
     mounts::fs_once("sysfs", "/sys", "sysfs", mounts::SAFE, None)?;
-    mounts::fs_once("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0755"))?;
+    mounts::fs_once(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755"),
+    )?;
     console::set_init_mode();
     Ok(())
 }
@@ -56,12 +64,17 @@ fn read_manifest_region(p: &gpt_find::Part) -> Result<Vec<u8>> {
     let size = part_size(p)?;
     let region = gwos_signing::MANIFEST_REGION_SIZE;
     if size < region {
-        bail!("verity partition {} is {size} bytes, smaller than the manifest region", p.name);
+        bail!(
+            "verity partition {} is {size} bytes, smaller than the manifest region",
+            p.name
+        );
     }
-    let mut f = std::fs::File::open(p.dev_path()).with_context(|| format!("opening {}", p.dev_path()))?;
+    let mut f =
+        std::fs::File::open(p.dev_path()).with_context(|| format!("opening {}", p.dev_path()))?;
     f.seek(SeekFrom::Start(size - region))?;
     let mut buf = vec![0u8; region as usize];
-    f.read_exact(&mut buf).with_context(|| format!("reading the manifest region of {}", p.dev_path()))?;
+    f.read_exact(&mut buf)
+        .with_context(|| format!("reading the manifest region of {}", p.dev_path()))?;
     Ok(buf)
 }
 
@@ -70,15 +83,20 @@ fn verify_and_mount() -> Result<()> {
     if slot != "a" && slot != "b" {
         bail!("gwos.slot={slot:?} is not a or b");
     }
-    let want_hash = cmdline::get("gwos.roothash").context("no gwos.roothash= on the kernel command line")?;
-    let keys = gwos_signing::load_dir(std::path::Path::new(KEYS_DIR)).with_context(|| format!("loading release keys from {KEYS_DIR}"))?;
+    let want_hash =
+        cmdline::get("gwos.roothash").context("no gwos.roothash= on the kernel command line")?;
+    let keys = gwos_signing::load_dir(std::path::Path::new(KEYS_DIR))
+        .with_context(|| format!("loading release keys from {KEYS_DIR}"))?;
     if keys.is_empty() {
         bail!("no release keys in {KEYS_DIR}");
     }
     let (root_l, verity_l) = (format!("root-{slot}"), format!("verity-{slot}"));
     let parts = gpt_find::wait_for(&[&root_l, &verity_l], DISK_WAIT)?;
     let (root, verity) = (&parts[0], &parts[1]);
-    console::say(&format!("slot {slot}: {root_l}={} {verity_l}={}", root.name, verity.name));
+    console::say(&format!(
+        "slot {slot}: {root_l}={} {verity_l}={}",
+        root.name, verity.name
+    ));
 
     let region = read_manifest_region(verity)?;
     let m = gwos_signing::open(&region, &keys)
@@ -91,8 +109,13 @@ fn verify_and_mount() -> Result<()> {
     if want_hash != m.root_hash {
         bail!("root hash mismatch: command line gwos.roothash={want_hash} but the signed manifest says {}; refusing to boot", m.root_hash);
     }
-    console::say(&format!("manifest verified: version {} ({}), root hash {}", m.version_id, m.version, m.root_hash));
-    if part_size(root)? < m.data_size || part_size(verity)? < m.hash_size + gwos_signing::MANIFEST_REGION_SIZE {
+    console::say(&format!(
+        "manifest verified: version {} ({}), root hash {}",
+        m.version_id, m.version, m.root_hash
+    ));
+    if part_size(root)? < m.data_size
+        || part_size(verity)? < m.hash_size + gwos_signing::MANIFEST_REGION_SIZE
+    {
         bail!("slot partitions are smaller than the signed sizes");
     }
     if m.fs_type != "erofs" {
@@ -100,14 +123,35 @@ fn verify_and_mount() -> Result<()> {
     }
     let (sectors, mut params) = m.dm_verity_table(&root.majmin(), &verity.majmin());
     params.push_str(&format!(" 1 {VERITY_ON_CORRUPTION}"));
-    let (maj, min) = dm::create_readonly("gwos-root", &[dm::Target { start: 0, length: sectors, kind: "verity", params: &params }])?;
+    let (maj, min) = dm::create_readonly(
+        "gwos-root",
+        &[dm::Target {
+            start: 0,
+            length: sectors,
+            kind: "verity",
+            params: &params,
+        }],
+    )?;
     let node = "/dev/gwos-root";
     let _ = std::fs::remove_file(node);
-    nix::sys::stat::mknod(node, nix::sys::stat::SFlag::S_IFBLK, nix::sys::stat::Mode::from_bits_truncate(0o600), nix::sys::stat::makedev(maj as u64, min as u64))
-        .context("mknod /dev/gwos-root")?;
-    mounts::fs(node, NEWROOT, "erofs", MsFlags::MS_RDONLY | MsFlags::MS_NODEV, None)
-        .context("mounting the verified EROFS root")?;
-    console::say(&format!("dm-verity root {maj}:{min} mounted read-only ({VERITY_ON_CORRUPTION})"));
+    nix::sys::stat::mknod(
+        node,
+        nix::sys::stat::SFlag::S_IFBLK,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::makedev(maj as u64, min as u64),
+    )
+    .context("mknod /dev/gwos-root")?;
+    mounts::fs(
+        node,
+        NEWROOT,
+        "erofs",
+        MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        None,
+    )
+    .context("mounting the verified EROFS root")?;
+    console::say(&format!(
+        "dm-verity root {maj}:{min} mounted read-only ({VERITY_ON_CORRUPTION})"
+    ));
     Ok(())
 }
 

@@ -28,13 +28,18 @@ struct SystemConfig {
 pub fn main(t0_ms: u64) -> ! {
     console::set_init_mode();
     let now = crate::boottime_ms();
-    console::say(&format!("stage 2 (verified root) started, {} ms after stage 1", now.saturating_sub(t0_ms)));
+    console::say(&format!(
+        "stage 2 (verified root) started, {} ms after stage 1",
+        now.saturating_sub(t0_ms)
+    ));
     if let Err(e) = mount_api() {
         console::fatal(&format!("stage 2 mounts: {e:#}"));
     }
     let signals = block_signals();
     let _ = nix::sys::reboot::set_cad_enabled(false); // ctrl-alt-del → SIGINT to PID 1
-    let esp = gpt_find::wait_for(&["esp"], Duration::from_secs(2)).ok().map(|mut v| v.remove(0));
+    let esp = gpt_find::wait_for(&["esp"], Duration::from_secs(2))
+        .ok()
+        .map(|mut v| v.remove(0));
     let site = match gwos_core::SiteConfig::load(std::path::Path::new(SITE)) {
         Ok(s) => s,
         Err(e) => console::fatal(&format!("{e:#}")),
@@ -48,7 +53,9 @@ pub fn main(t0_ms: u64) -> ! {
     };
     tun_device(&table);
     let buttons = shutdown::watch_power_button();
-    console::say(&format!("watching {buttons} input devices for the power button"));
+    console::say(&format!(
+        "watching {buttons} input devices for the power button"
+    ));
     let mut sup = match Supervisor::new(&table, "/sbin/init") {
         Ok(s) => s,
         Err(e) => console::fatal(&format!("{e:#}")),
@@ -62,32 +69,84 @@ fn mount_api() -> Result<()> {
     let none = MsFlags::empty();
     mounts::fs_once("proc", "/proc", "proc", mounts::SAFE, Some("hidepid=2"))?;
     mounts::fs_once("sysfs", "/sys", "sysfs", mounts::SAFE, None)?;
-    mounts::fs_once("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0755"))?;
-    mounts::fs_once("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))?;
-    mounts::fs_once("tmpfs", "/dev/shm", "tmpfs", mounts::SAFE, Some("mode=1777,size=16m"))?;
-    mounts::fs_once("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=0755,size=32m"))?;
-    mounts::fs_once("tmpfs", "/tmp", "tmpfs", mounts::SAFE, Some("mode=1777,size=64m"))?;
-    mounts::fs_once("cgroup2", cgroup::ROOT, "cgroup2", mounts::SAFE, Some("nsdelegate"))?;
+    mounts::fs_once(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755"),
+    )?;
+    mounts::fs_once(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    mounts::fs_once(
+        "tmpfs",
+        "/dev/shm",
+        "tmpfs",
+        mounts::SAFE,
+        Some("mode=1777,size=16m"),
+    )?;
+    mounts::fs_once(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=32m"),
+    )?;
+    mounts::fs_once(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        mounts::SAFE,
+        Some("mode=1777,size=64m"),
+    )?;
+    mounts::fs_once(
+        "cgroup2",
+        cgroup::ROOT,
+        "cgroup2",
+        mounts::SAFE,
+        Some("nsdelegate"),
+    )?;
     if std::path::Path::new("/sys/firmware/efi").exists() {
-        mounts::fs_once("efivarfs", "/sys/firmware/efi/efivars", "efivarfs", mounts::SAFE | none, None)?;
+        mounts::fs_once(
+            "efivarfs",
+            "/sys/firmware/efi/efivars",
+            "efivarfs",
+            mounts::SAFE | none,
+            None,
+        )?;
     }
     cgroup::enable_controllers()?;
     Ok(())
 }
 
 fn harden_and_connect(site: &gwos_core::SiteConfig) -> Result<()> {
-    for line in sysctl::apply_all(&std::fs::read_to_string(SYSCTL).with_context(|| format!("reading {SYSCTL}"))?)? {
+    for line in sysctl::apply_all(
+        &std::fs::read_to_string(SYSCTL).with_context(|| format!("reading {SYSCTL}"))?,
+    )? {
         console::say(&format!("sysctl {line}"));
     }
     let sys: SystemConfig = site.section("system")?;
-    let host = if sys.hostname.is_empty() { "gwos".to_string() } else { sys.hostname };
+    let host = if sys.hostname.is_empty() {
+        "gwos".to_string()
+    } else {
+        sys.hostname
+    };
     nix::unistd::sethostname(&host).context("sethostname")?;
     console::say(&format!("hostname {host}"));
     let fw = gwos_netfilter::base::BaseConfig::from_site(site).context("firewall config")?;
-    gwos_netfilter::base::load(&fw).map_err(|e| anyhow::anyhow!("loading the base nftables ruleset: {e}"))?;
+    gwos_netfilter::base::load(&fw)
+        .map_err(|e| anyhow::anyhow!("loading the base nftables ruleset: {e}"))?;
     console::say(&format!("firewall: base ruleset loaded (default deny; spa udp/{}, control tcp/{} from {} backend networks)", fw.spa_port, fw.control_port, fw.backend.len()));
     let netcfg: net::NetworkConfig = site.section("network")?;
-    console::say(&format!("network: {}", net::configure(&netcfg).context("network")?));
+    console::say(&format!(
+        "network: {}",
+        net::configure(&netcfg).context("network")?
+    ));
     console::say(&format!("state: {}", state::mount_var()?));
     Ok(())
 }
@@ -97,9 +156,12 @@ fn harden_and_connect(site: &gwos_core::SiteConfig) -> Result<()> {
 /// an interface with it (better than CAP_DAC_OVERRIDE for the vpn).
 fn tun_device(table: &table::Table) {
     use std::os::unix::fs::PermissionsExt;
-    let Some(vpn) = table.service.iter().find(|s| s.name == "vpn") else { return };
-    let r = std::os::unix::fs::chown("/dev/net/tun", Some(0), Some(vpn.gid))
-        .and_then(|_| std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o660)));
+    let Some(vpn) = table.service.iter().find(|s| s.name == "vpn") else {
+        return;
+    };
+    let r = std::os::unix::fs::chown("/dev/net/tun", Some(0), Some(vpn.gid)).and_then(|_| {
+        std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o660))
+    });
     match r {
         Ok(()) => console::say(&format!("/dev/net/tun: root:{} 0660", vpn.gid)),
         Err(e) => console::say(&format!("/dev/net/tun: {e} (the vpn cannot create gw0)")),
@@ -118,7 +180,15 @@ fn load_table() -> Result<table::Table> {
 
 fn block_signals() -> SigSet {
     let mut s = SigSet::empty();
-    for sig in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGPWR] {
+    for sig in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGPWR,
+    ] {
         s.add(sig);
     }
     let _ = s.thread_block();
@@ -127,7 +197,10 @@ fn block_signals() -> SigSet {
 
 /// Waits up to `ms` for one of the blocked signals.
 fn wait_signal(set: &SigSet, ms: u64) -> Option<i32> {
-    let ts = libc::timespec { tv_sec: (ms / 1000) as libc::time_t, tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long };
+    let ts = libc::timespec {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+    };
     // SAFETY: `set` points to a valid sigset_t for the call's duration, the
     // siginfo pointer may be NULL, and `ts` is a valid timespec on the stack.
     let r = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
@@ -137,15 +210,24 @@ fn wait_signal(set: &SigSet, ms: u64) -> Option<i32> {
 fn reap(sup: &mut Supervisor) {
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => sup.on_exit(pid, &format!("exit status {code}"), code == 0),
-            Ok(WaitStatus::Signaled(pid, sig, _)) => sup.on_exit(pid, &format!("killed by {sig:?}"), false),
+            Ok(WaitStatus::Exited(pid, code)) => {
+                sup.on_exit(pid, &format!("exit status {code}"), code == 0)
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                sup.on_exit(pid, &format!("killed by {sig:?}"), false)
+            }
             Ok(WaitStatus::StillAlive) | Err(_) => return,
             Ok(_) => {}
         }
     }
 }
 
-fn run_loop(sup: &mut Supervisor, signals: &SigSet, t0_ms: u64, esp: Option<&gpt_find::Part>) -> shutdown::Request {
+fn run_loop(
+    sup: &mut Supervisor,
+    signals: &SigSet,
+    t0_ms: u64,
+    esp: Option<&gpt_find::Part>,
+) -> shutdown::Request {
     let mut ready = false;
     let mut test_killed = false;
     loop {
@@ -164,10 +246,15 @@ fn run_loop(sup: &mut Supervisor, signals: &SigSet, t0_ms: u64, esp: Option<&gpt
             ready = true;
             let ms = crate::boottime_ms().saturating_sub(t0_ms);
             let slot = cmdline::get("gwos.slot").unwrap_or_default().to_uppercase();
-            console::say(&format!("ready slot={slot} version={} boot_ms={ms}", os_version()));
+            console::say(&format!(
+                "ready slot={slot} version={} boot_ms={ms}",
+                os_version()
+            ));
             match bless::bless(esp) {
                 Ok(s) => console::say(&format!("boot blessing: {s}")),
-                Err(e) => console::say(&format!("boot blessing FAILED: {e:#} (systemd-boot will count this boot as a try)")),
+                Err(e) => console::say(&format!(
+                    "boot blessing FAILED: {e:#} (systemd-boot will count this boot as a try)"
+                )),
             }
         }
         if ready && !test_killed && cmdline::test_flag("supervisor") {
@@ -183,12 +270,20 @@ fn run_loop(sup: &mut Supervisor, signals: &SigSet, t0_ms: u64, esp: Option<&gpt
 fn os_version() -> String {
     std::fs::read_to_string("/etc/os-release")
         .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("VERSION_ID=").map(|v| v.trim_matches('"').to_string())))
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("VERSION_ID=")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
 fn stop(sup: &mut Supervisor, req: shutdown::Request) -> ! {
-    console::say(&format!("shutdown ({req:?}): stopping {} services", sup.running()));
+    console::say(&format!(
+        "shutdown ({req:?}): stopping {} services",
+        sup.running()
+    ));
     sup.stopping = true;
     sup.signal_all(Signal::SIGTERM);
     let until = Instant::now() + GRACE;
@@ -197,12 +292,20 @@ fn stop(sup: &mut Supervisor, req: shutdown::Request) -> ! {
         reap(sup);
     }
     if sup.running() > 0 {
-        console::say(&format!("{} services ignored SIGTERM for {}s: SIGKILL", sup.running(), GRACE.as_secs()));
+        console::say(&format!(
+            "{} services ignored SIGTERM for {}s: SIGKILL",
+            sup.running(),
+            GRACE.as_secs()
+        ));
         sup.signal_all(Signal::SIGKILL);
         std::thread::sleep(Duration::from_millis(300));
         reap(sup);
     }
     shutdown::unmount_all();
-    console::say(if req == shutdown::Request::Reboot { "rebooting" } else { "powering off" });
+    console::say(if req == shutdown::Request::Reboot {
+        "rebooting"
+    } else {
+        "powering off"
+    });
     shutdown::halt(req == shutdown::Request::Reboot)
 }

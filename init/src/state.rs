@@ -38,7 +38,10 @@ pub fn classify(head: &[u8]) -> Kind {
     if u16::from_le_bytes([sb[0x38], sb[0x39]]) == EXT4_MAGIC {
         let lo = u32::from_le_bytes(sb[4..8].try_into().expect("4")) as u64;
         let log = u32::from_le_bytes(sb[0x18..0x1c].try_into().expect("4"));
-        return Kind::Ext4 { block_size: 1024u64 << log.min(6), blocks: lo };
+        return Kind::Ext4 {
+            block_size: 1024u64 << log.min(6),
+            blocks: lo,
+        };
     }
     if head.iter().all(|b| *b == 0) {
         return Kind::Blank;
@@ -49,7 +52,8 @@ pub fn classify(head: &[u8]) -> Kind {
 pub fn mount_var() -> Result<String> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let part = gpt_find::wait_for(&["state"], Duration::from_secs(5))?.remove(0);
-    let mut f = std::fs::File::open(part.dev_path()).with_context(|| format!("opening {}", part.dev_path()))?;
+    let mut f = std::fs::File::open(part.dev_path())
+        .with_context(|| format!("opening {}", part.dev_path()))?;
     let mut head = vec![0u8; 2048];
     f.read_exact(&mut head)?;
     let size = f.seek(SeekFrom::End(0))?;
@@ -61,21 +65,40 @@ pub fn mount_var() -> Result<String> {
         Kind::Blank => {
             drop(f);
             let tpl = std::fs::read(TEMPLATE).with_context(|| format!("reading {TEMPLATE}"))?;
-            let blocks = format_from_template(&part.dev_path(), &tpl, size).with_context(|| format!("formatting {}", part.name))?;
-            mounts::fs(&part.dev_path(), "/var", "ext4", flags, Some("errors=remount-ro"))?;
+            let blocks = format_from_template(&part.dev_path(), &tpl, size)
+                .with_context(|| format!("formatting {}", part.name))?;
+            mounts::fs(
+                &part.dev_path(),
+                "/var",
+                "ext4",
+                flags,
+                Some("errors=remount-ro"),
+            )?;
             let want = size / 4096;
             if want > blocks {
                 grow("/var", want).context("growing /var")?;
             }
             format!("{} was blank: formatted ext4 from the image's template ({blocks} blocks), grown to {want} blocks, at /var", part.name)
         }
-        Kind::Other => bail!("state partition {} holds neither ext4 nor zeros; refusing to touch it", part.name),
+        Kind::Other => bail!(
+            "state partition {} holds neither ext4 nor zeros; refusing to touch it",
+            part.name
+        ),
         Kind::Ext4 { block_size, blocks } => {
-            mounts::fs(&part.dev_path(), "/var", "ext4", flags, Some("errors=remount-ro"))?;
+            mounts::fs(
+                &part.dev_path(),
+                "/var",
+                "ext4",
+                flags,
+                Some("errors=remount-ro"),
+            )?;
             let want = size / block_size;
             if want > blocks {
                 grow("/var", want).context("growing /var")?;
-                format!("{} ext4 at /var, grown from {blocks} to {want} blocks", part.name)
+                format!(
+                    "{} ext4 at /var, grown from {blocks} to {want} blocks",
+                    part.name
+                )
             } else {
                 format!("{} ext4 at /var ({blocks} blocks)", part.name)
             }
@@ -87,7 +110,10 @@ pub fn mount_var() -> Result<String> {
     std::fs::create_dir_all(gwos_core::context::RUN_DIR)?;
     use std::os::unix::fs::PermissionsExt;
     // Services (distinct uids) create their sockets here; sticky, not listable.
-    std::fs::set_permissions(gwos_core::context::RUN_DIR, std::fs::Permissions::from_mode(0o1733))?;
+    std::fs::set_permissions(
+        gwos_core::context::RUN_DIR,
+        std::fs::Permissions::from_mode(0o1733),
+    )?;
     Ok(msg)
 }
 
@@ -95,7 +121,10 @@ pub fn mount_var() -> Result<String> {
 fn format_from_template(dev: &str, tpl: &[u8], part_size: u64) -> Result<u64> {
     use std::io::Write;
     let t = state_template::parse(tpl, part_size)?;
-    let mut f = std::fs::OpenOptions::new().write(true).open(dev).with_context(|| format!("opening {dev} for writing"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dev)
+        .with_context(|| format!("opening {dev} for writing"))?;
     for (idx, data) in t.records {
         f.seek(SeekFrom::Start(idx * state_template::BLOCK as u64))?;
         f.write_all(data)?;
@@ -129,7 +158,13 @@ mod tests {
         h[1024 + 0x18..1024 + 0x1c].copy_from_slice(&2u32.to_le_bytes());
         h[1024 + 0x38] = 0x53;
         h[1024 + 0x39] = 0xef;
-        assert_eq!(classify(&h), Kind::Ext4 { block_size: 4096, blocks: 1000 });
+        assert_eq!(
+            classify(&h),
+            Kind::Ext4 {
+                block_size: 4096,
+                blocks: 1000
+            }
+        );
         h[1024 + 0x38] = 0;
         assert_eq!(classify(&h), Kind::Other);
     }
@@ -139,14 +174,26 @@ mod tests {
     fn format_writes_blocks_in_place() {
         let d = tempfile::tempdir().unwrap();
         let dev = d.path().join("part");
-        std::fs::File::create(&dev).unwrap().set_len(16 * 4096).unwrap();
+        std::fs::File::create(&dev)
+            .unwrap()
+            .set_len(16 * 4096)
+            .unwrap();
         let mut fs = vec![0u8; 8 * 4096];
         fs[4096..8192].fill(7);
         fs[3 * 4096] = 9;
-        let n = format_from_template(dev.to_str().unwrap(), &state_template::encode(&fs), 16 * 4096).unwrap();
+        let n = format_from_template(
+            dev.to_str().unwrap(),
+            &state_template::encode(&fs),
+            16 * 4096,
+        )
+        .unwrap();
         assert_eq!(n, 8);
         let b = std::fs::read(&dev).unwrap();
-        assert!(b[..4096].iter().all(|&x| x == 0) && b[4096..8192].iter().all(|&x| x == 7) && b[3 * 4096] == 9);
+        assert!(
+            b[..4096].iter().all(|&x| x == 0)
+                && b[4096..8192].iter().all(|&x| x == 7)
+                && b[3 * 4096] == 9
+        );
     }
 
     /// A real ext4 made by mke2fs is recognised with its block count.
@@ -154,10 +201,23 @@ mod tests {
     fn real_mke2fs_image() {
         let d = tempfile::tempdir().unwrap();
         let img = d.path().join("x.img");
-        std::fs::File::create(&img).unwrap().set_len(8 << 20).unwrap();
-        let st = std::process::Command::new("mkfs.ext4").args(["-q", "-F", "-b", "4096"]).arg(&img).status().expect("mkfs.ext4 (e2fsprogs) is needed");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        let st = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096"])
+            .arg(&img)
+            .status()
+            .expect("mkfs.ext4 (e2fsprogs) is needed");
         assert!(st.success());
         let head = std::fs::read(&img).unwrap()[..2048].to_vec();
-        assert_eq!(classify(&head), Kind::Ext4 { block_size: 4096, blocks: 2048 });
+        assert_eq!(
+            classify(&head),
+            Kind::Ext4 {
+                block_size: 4096,
+                blocks: 2048
+            }
+        );
     }
 }

@@ -19,15 +19,25 @@ pub fn parse(text: &str) -> Result<Vec<Entry>> {
         if l.is_empty() {
             continue;
         }
-        let (k, v) = l.split_once('=').with_context(|| format!("sysctl list line {}: no '='", n + 1))?;
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("sysctl list line {}: no '='", n + 1))?;
         let (k, optional) = match k.trim().strip_prefix('?') {
             Some(k) => (k.trim(), true),
             None => (k.trim(), false),
         };
-        if k.is_empty() || !k.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-') {
+        if k.is_empty()
+            || !k
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-')
+        {
             bail!("sysctl list line {}: bad key {k:?}", n + 1);
         }
-        out.push(Entry { key: k.into(), value: v.trim().into(), optional });
+        out.push(Entry {
+            key: k.into(),
+            value: v.trim().into(),
+            optional,
+        });
     }
     Ok(out)
 }
@@ -41,10 +51,17 @@ pub fn apply_one(e: &Entry, proc_sys: &std::path::Path) -> Result<String> {
         }
         bail!("sysctl {} does not exist in this kernel", e.key);
     }
-    std::fs::write(&path, format!("{}\n", e.value)).with_context(|| format!("setting sysctl {}={}", e.key, e.value))?;
-    let got = std::fs::read_to_string(&path).with_context(|| format!("reading back sysctl {}", e.key))?;
+    std::fs::write(&path, format!("{}\n", e.value))
+        .with_context(|| format!("setting sysctl {}={}", e.key, e.value))?;
+    let got =
+        std::fs::read_to_string(&path).with_context(|| format!("reading back sysctl {}", e.key))?;
     if got.split_whitespace().collect::<Vec<_>>().join(" ") != e.value {
-        bail!("sysctl {} reads back {:?}, wanted {:?}", e.key, got.trim(), e.value);
+        bail!(
+            "sysctl {} reads back {:?}, wanted {:?}",
+            e.key,
+            got.trim(),
+            e.value
+        );
     }
     Ok(format!("{}={}", e.key, e.value))
 }
@@ -52,7 +69,10 @@ pub fn apply_one(e: &Entry, proc_sys: &std::path::Path) -> Result<String> {
 /// Applies every entry; returns the console report lines.
 pub fn apply_all(list: &str) -> Result<Vec<String>> {
     let entries = parse(list)?;
-    entries.iter().map(|e| apply_one(e, std::path::Path::new("/proc/sys"))).collect()
+    entries
+        .iter()
+        .map(|e| apply_one(e, std::path::Path::new("/proc/sys")))
+        .collect()
 }
 
 #[cfg(test)]
@@ -61,10 +81,18 @@ mod tests {
 
     #[test]
     fn parses_the_shipped_list() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rootfs/etc/gwos/sysctl.conf")).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../rootfs/etc/gwos/sysctl.conf"
+        ))
+        .unwrap();
         let l = parse(&text).unwrap();
-        assert!(l.iter().any(|e| e.key == "kernel.kptr_restrict" && e.value == "2" && !e.optional));
-        assert!(l.iter().any(|e| e.key == "kernel.kexec_load_disabled" && e.optional));
+        assert!(l
+            .iter()
+            .any(|e| e.key == "kernel.kptr_restrict" && e.value == "2" && !e.optional));
+        assert!(l
+            .iter()
+            .any(|e| e.key == "kernel.kexec_load_disabled" && e.optional));
         assert!(parse("a b").is_err());
         assert!(parse("../x = 1").is_err());
     }
@@ -74,10 +102,34 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("kernel")).unwrap();
         std::fs::write(d.path().join("kernel/x"), "0\n").unwrap();
-        let ok = apply_one(&Entry { key: "kernel.x".into(), value: "2".into(), optional: false }, d.path()).unwrap();
+        let ok = apply_one(
+            &Entry {
+                key: "kernel.x".into(),
+                value: "2".into(),
+                optional: false,
+            },
+            d.path(),
+        )
+        .unwrap();
         assert_eq!(ok, "kernel.x=2");
-        let opt = apply_one(&Entry { key: "kernel.y".into(), value: "1".into(), optional: true }, d.path()).unwrap();
+        let opt = apply_one(
+            &Entry {
+                key: "kernel.y".into(),
+                value: "1".into(),
+                optional: true,
+            },
+            d.path(),
+        )
+        .unwrap();
         assert!(opt.contains("absent (feature compiled out)"));
-        assert!(apply_one(&Entry { key: "kernel.y".into(), value: "1".into(), optional: false }, d.path()).is_err());
+        assert!(apply_one(
+            &Entry {
+                key: "kernel.y".into(),
+                value: "1".into(),
+                optional: false
+            },
+            d.path()
+        )
+        .is_err());
     }
 }

@@ -34,12 +34,23 @@ pub fn partitions(image: &Path) -> Result<Vec<Part>> {
         }
         let first = u64::from_le_bytes(e[32..40].try_into()?);
         let last = u64::from_le_bytes(e[40..48].try_into()?);
-        let name: Vec<u16> = e[56..128].chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|u| *u != 0).collect();
-        out.push(Part { label: String::from_utf16_lossy(&name), offset: first * 512, size: (last - first + 1) * 512 });
+        let name: Vec<u16> = e[56..128]
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|u| *u != 0)
+            .collect();
+        out.push(Part {
+            label: String::from_utf16_lossy(&name),
+            offset: first * 512,
+            size: (last - first + 1) * 512,
+        });
     }
     Ok(out)
 }
 
 pub fn find(image: &Path, label: &str) -> Result<Part> {
-    partitions(image)?.into_iter().find(|p| p.label == label).ok_or_else(|| anyhow::anyhow!("no partition {label}"))
+    partitions(image)?
+        .into_iter()
+        .find(|p| p.label == label)
+        .ok_or_else(|| anyhow::anyhow!("no partition {label}"))
 }

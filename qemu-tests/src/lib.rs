@@ -18,12 +18,17 @@ use std::path::{Path, PathBuf};
 
 /// The workspace root (parent of this crate).
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
 }
 
 /// `$GWOS_OUT` (set by the Makefile) or `<workspace>/out`.
 pub fn out_dir() -> PathBuf {
-    std::env::var_os("GWOS_OUT").map(PathBuf::from).unwrap_or_else(|| workspace().join("out"))
+    std::env::var_os("GWOS_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("out"))
 }
 
 /// Panics with a clear message when a host tool is missing (tests must not pass silently).
@@ -31,13 +36,20 @@ pub fn need_tool(name: &str) {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
         .unwrap_or(false);
-    assert!(found, "{name} is not installed (see .ci/debian-packages.txt)");
+    assert!(
+        found,
+        "{name} is not installed (see .ci/debian-packages.txt)"
+    );
 }
 
 /// Copies an image sparsely into `dir` (tests never touch the original).
 pub fn copy_image(src: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
     let dst = dir.join("disk.img");
-    let st = std::process::Command::new("cp").arg("--sparse=always").arg(src).arg(&dst).status()?;
+    let st = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(src)
+        .arg(&dst)
+        .status()?;
     anyhow::ensure!(st.success(), "copying {} failed", src.display());
     Ok(dst)
 }
@@ -45,7 +57,10 @@ pub fn copy_image(src: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
 /// XORs one byte at `offset` of `file` with 0xff.
 pub fn flip_byte(file: &Path, offset: u64) -> anyhow::Result<()> {
     use std::io::{Read, Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(file)?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)?;
     let mut b = [0u8; 1];
     f.seek(SeekFrom::Start(offset))?;
     f.read_exact(&mut b)?;
@@ -68,11 +83,17 @@ pub fn test_image() -> anyhow::Result<PathBuf> {
         .get_or_init(|| {
             let ws = workspace();
             let gwos = env_path("GWOS_BIN", ws.join("target/release/gwos"));
-            let gwosd = env_path("GWOSD", ws.join("target/x86_64-unknown-linux-gnu/release/gwosd"));
+            let gwosd = env_path(
+                "GWOSD",
+                ws.join("target/x86_64-unknown-linux-gnu/release/gwosd"),
+            );
             let kernel = out_dir().join("bzImage");
             for p in [&gwos, &gwosd, &kernel] {
                 if !p.exists() {
-                    return Err(format!("{} missing: run `make image` first (or set GWOS_BIN/GWOSD/GWOS_OUT)", p.display()));
+                    return Err(format!(
+                        "{} missing: run `make image` first (or set GWOS_BIN/GWOSD/GWOS_OUT)",
+                        p.display()
+                    ));
                 }
             }
             let out = out_dir().join("qemu-test");
@@ -90,7 +111,10 @@ pub fn test_image() -> anyhow::Result<PathBuf> {
                 .output()
                 .map_err(|e| e.to_string())?;
             if !o.status.success() {
-                return Err(format!("gwos build of the test image failed:\n{}", String::from_utf8_lossy(&o.stderr)));
+                return Err(format!(
+                    "gwos build of the test image failed:\n{}",
+                    String::from_utf8_lossy(&o.stderr)
+                ));
             }
             Ok(out)
         })
@@ -102,5 +126,9 @@ pub fn test_image() -> anyhow::Result<PathBuf> {
 pub fn direct_boot(out: &Path, extra: &str) -> anyhow::Result<Boot> {
     let slot = out.join("slot-a");
     let cmdline = std::fs::read_to_string(slot.join("cmdline"))?;
-    Ok(Boot::Direct { kernel: slot.join("bzImage"), initrd: slot.join("initramfs.cpio"), append: format!("{} {extra}", cmdline.trim()) })
+    Ok(Boot::Direct {
+        kernel: slot.join("bzImage"),
+        initrd: slot.join("initramfs.cpio"),
+        append: format!("{} {extra}", cmdline.trim()),
+    })
 }

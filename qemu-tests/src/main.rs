@@ -18,14 +18,23 @@ fn main() -> anyhow::Result<()> {
         return boot_times(std::path::Path::new(&args[2]), runs);
     }
     if args.len() < 3 || args[1] != "run" {
-        anyhow::bail!("usage: gwos-qemu run <gwos.img> [--in-place] | gwos-qemu boot-times <gwos.img> [runs]");
+        anyhow::bail!(
+            "usage: gwos-qemu run <gwos.img> [--in-place] | gwos-qemu boot-times <gwos.img> [runs]"
+        );
     }
     let src = std::path::PathBuf::from(&args[2]);
     let dir = tempfile::tempdir()?;
-    let disk = if args.iter().any(|a| a == "--in-place") { src } else { gwos_qemu_tests::copy_image(&src, dir.path())? };
+    let disk = if args.iter().any(|a| a == "--in-place") {
+        src
+    } else {
+        gwos_qemu_tests::copy_image(&src, dir.path())?
+    };
     let vars = dir.path().join("OVMF_VARS.fd");
     std::fs::copy(gwos_qemu_tests::qemu::OVMF_VARS, &vars)?;
-    eprintln!("gwos-qemu: booting {} (OVMF, TCG). Reach it on this host:", disk.display());
+    eprintln!(
+        "gwos-qemu: booting {} (OVMF, TCG). Reach it on this host:",
+        disk.display()
+    );
     eprintln!("  SPA:      udp localhost:62201   (fwknop -A tcp/443 -D 127.0.0.1 ...)");
     eprintln!("  TLS:      tcp localhost:8443");
     eprintln!("  control:  ssh -i out/keys/dev-control -p 2222 gwctl@127.0.0.1 health   (development image: dev key, host = backend 10.0.2.2)");
@@ -51,7 +60,8 @@ fn boot_times(img: &std::path::Path, runs: u32) -> anyhow::Result<()> {
         let mut q = Qemu::start(&disk, Boot::Ovmf, None)?;
         let c = q.wait_for("gwos: ready slot=", Duration::from_secs(300))?;
         let wall = t.elapsed().as_secs_f64();
-        let (k, r) = qemu::boot_times(&c).ok_or_else(|| anyhow::anyhow!("no boot figures on the console"))?;
+        let (k, r) = qemu::boot_times(&c)
+            .ok_or_else(|| anyhow::anyhow!("no boot figures on the console"))?;
         println!("boot {i}: kernel_to_pid1_ms={k} pid1_to_ready_ms={r} wall_s={wall:.1}");
         q.monitor("system_powerdown")?;
         let _ = q.wait_exit(Duration::from_secs(60));

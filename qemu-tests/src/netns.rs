@@ -12,8 +12,16 @@ pub struct NetNs {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let o = Command::new("ip").args(args).output().context("running ip")?;
-    ensure!(o.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
+    ensure!(
+        o.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr)
+    );
     Ok(())
 }
 
@@ -23,9 +31,14 @@ impl NetNs {
         crate::need_tool("ip");
         let name = format!("gwq{}-{tag}", std::process::id());
         ip(&["netns", "add", &name])?;
-        let ns = NetNs { name, tap: "tap0".into() };
+        let ns = NetNs {
+            name,
+            tap: "tap0".into(),
+        };
         ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
-        ip(&["-n", &ns.name, "tuntap", "add", "dev", &ns.tap, "mode", "tap"])?;
+        ip(&[
+            "-n", &ns.name, "tuntap", "add", "dev", &ns.tap, "mode", "tap",
+        ])?;
         for a in addrs {
             ip(&["-n", &ns.name, "addr", "add", a, "dev", &ns.tap])?;
         }
@@ -39,8 +52,14 @@ impl NetNs {
     pub fn behind(&self, tag: &str, outer: &str, inner: &str) -> Result<NetNs> {
         let name = format!("gwq{}-{tag}", std::process::id());
         ip(&["netns", "add", &name])?;
-        let ns = NetNs { name, tap: String::new() };
-        ip(&["-n", &self.name, "link", "add", "vx0", "type", "veth", "peer", "name", "vx1", "netns", &ns.name])?;
+        let ns = NetNs {
+            name,
+            tap: String::new(),
+        };
+        ip(&[
+            "-n", &self.name, "link", "add", "vx0", "type", "veth", "peer", "name", "vx1", "netns",
+            &ns.name,
+        ])?;
         ip(&["-n", &self.name, "addr", "add", outer, "dev", "vx0"])?;
         ip(&["-n", &self.name, "link", "set", "vx0", "up"])?;
         ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
@@ -49,18 +68,29 @@ impl NetNs {
         let via = outer.split('/').next().unwrap_or(outer);
         ip(&["-n", &ns.name, "route", "add", "default", "via", via])?;
         let o = self.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
-        ensure!(o.status.success(), "enabling forwarding in {}: {}", self.name, String::from_utf8_lossy(&o.stderr));
+        ensure!(
+            o.status.success(),
+            "enabling forwarding in {}: {}",
+            self.name,
+            String::from_utf8_lossy(&o.stderr)
+        );
         Ok(ns)
     }
 
     /// Runs a command inside the namespace.
     pub fn exec(&self, cmd: &str, args: &[&str]) -> Result<Output> {
-        Command::new("ip").args(["netns", "exec", &self.name, cmd]).args(args).output().with_context(|| format!("running {cmd} in {}", self.name))
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, cmd])
+            .args(args)
+            .output()
+            .with_context(|| format!("running {cmd} in {}", self.name))
     }
 }
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }

@@ -16,7 +16,11 @@ pub enum Boot {
     /// UEFI firmware → systemd-boot → UKI (what bare metal does).
     Ovmf,
     /// `-kernel/-initrd/-append` from a slot directory (faster; the command line can be edited).
-    Direct { kernel: PathBuf, initrd: PathBuf, append: String },
+    Direct {
+        kernel: PathBuf,
+        initrd: PathBuf,
+        append: String,
+    },
 }
 
 pub struct Qemu {
@@ -37,31 +41,72 @@ impl Qemu {
         let console = dir.path().join("console.log");
         let monitor = dir.path().join("monitor.sock");
         let mut args: Vec<String> = vec![
-            "-machine".into(), "q35".into(), "-accel".into(), "tcg".into(), "-m".into(), "512".into(), "-smp".into(), "1".into(),
-            "-display".into(), "none".into(), "-vga".into(), "none".into(), "-no-reboot".into(),
-            "-serial".into(), format!("file:{}", console.display()),
-            "-monitor".into(), format!("unix:{},server,nowait", monitor.display()),
-            "-drive".into(), format!("file={},format=raw,if=virtio", disk.display()),
+            "-machine".into(),
+            "q35".into(),
+            "-accel".into(),
+            "tcg".into(),
+            "-m".into(),
+            "512".into(),
+            "-smp".into(),
+            "1".into(),
+            "-display".into(),
+            "none".into(),
+            "-vga".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            "-serial".into(),
+            format!("file:{}", console.display()),
+            "-monitor".into(),
+            format!("unix:{},server,nowait", monitor.display()),
+            "-drive".into(),
+            format!("file={},format=raw,if=virtio", disk.display()),
         ];
         match &boot {
             Boot::Ovmf => {
                 let vars = dir.path().join("OVMF_VARS.fd");
-                std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("{OVMF_VARS} missing (Debian package ovmf)"))?;
-                args.extend(["-drive".into(), format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}")]);
-                args.extend(["-drive".into(), format!("if=pflash,format=raw,unit=1,file={}", vars.display())]);
+                std::fs::copy(OVMF_VARS, &vars)
+                    .with_context(|| format!("{OVMF_VARS} missing (Debian package ovmf)"))?;
+                args.extend([
+                    "-drive".into(),
+                    format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+                ]);
+                args.extend([
+                    "-drive".into(),
+                    format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+                ]);
             }
-            Boot::Direct { kernel, initrd, append } => {
-                args.extend(["-kernel".into(), kernel.display().to_string(), "-initrd".into(), initrd.display().to_string(), "-append".into(), append.clone()]);
+            Boot::Direct {
+                kernel,
+                initrd,
+                append,
+            } => {
+                args.extend([
+                    "-kernel".into(),
+                    kernel.display().to_string(),
+                    "-initrd".into(),
+                    initrd.display().to_string(),
+                    "-append".into(),
+                    append.clone(),
+                ]);
             }
         }
         match netns {
             Some(ns) => {
-                args.extend(["-netdev".into(), format!("tap,id=n0,ifname={},script=no,downscript=no", ns.tap)]);
-                args.extend(["-device".into(), "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56".into()]);
+                args.extend([
+                    "-netdev".into(),
+                    format!("tap,id=n0,ifname={},script=no,downscript=no", ns.tap),
+                ]);
+                args.extend([
+                    "-device".into(),
+                    "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56".into(),
+                ]);
             }
             // A NIC on an isolated user-mode network (restrict=on: nothing reaches the host
             // or beyond), so images whose site config names an address still find eth0.
-            None => args.extend(["-nic".into(), "user,model=virtio-net-pci,restrict=on,net=10.0.2.0/24".into()]),
+            None => args.extend([
+                "-nic".into(),
+                "user,model=virtio-net-pci,restrict=on,net=10.0.2.0/24".into(),
+            ]),
         }
         let mut cmd = match netns {
             Some(ns) => {
@@ -71,8 +116,20 @@ impl Qemu {
             }
             None => Command::new("qemu-system-x86_64"),
         };
-        let child = cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().context("starting qemu")?;
-        Ok(Qemu { child, console, monitor, started: Instant::now(), _dir: dir })
+        let child = cmd
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting qemu")?;
+        Ok(Qemu {
+            child,
+            console,
+            monitor,
+            started: Instant::now(),
+            _dir: dir,
+        })
     }
 
     pub fn console_text(&self) -> String {
@@ -91,7 +148,12 @@ impl Qemu {
     }
 
     /// Waits until the console contains `pattern` (after byte `from`); returns the console text.
-    pub fn wait_for_from(&mut self, from: usize, pattern: &str, timeout: Duration) -> Result<String> {
+    pub fn wait_for_from(
+        &mut self,
+        from: usize,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<String> {
         let start = Instant::now();
         loop {
             let t = self.console_text();
@@ -103,10 +165,17 @@ impl Qemu {
                 if t.get(from..).is_some_and(|s| s.contains(pattern)) {
                     return Ok(t);
                 }
-                bail!("QEMU exited before {pattern:?} appeared; console tail:\n{}", self.tail());
+                bail!(
+                    "QEMU exited before {pattern:?} appeared; console tail:\n{}",
+                    self.tail()
+                );
             }
             if start.elapsed() > timeout {
-                bail!("{pattern:?} not on the console within {}s; console tail:\n{}", timeout.as_secs(), self.tail());
+                bail!(
+                    "{pattern:?} not on the console within {}s; console tail:\n{}",
+                    timeout.as_secs(),
+                    self.tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -121,7 +190,11 @@ impl Qemu {
         let start = Instant::now();
         while !self.exited() {
             if start.elapsed() > timeout {
-                bail!("QEMU still running after {}s; console tail:\n{}", timeout.as_secs(), self.tail());
+                bail!(
+                    "QEMU still running after {}s; console tail:\n{}",
+                    timeout.as_secs(),
+                    self.tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -130,7 +203,8 @@ impl Qemu {
 
     /// Sends one human monitor command (e.g. `system_powerdown`).
     pub fn monitor(&self, cmd: &str) -> Result<()> {
-        let mut s = std::os::unix::net::UnixStream::connect(&self.monitor).context("QEMU monitor socket")?;
+        let mut s = std::os::unix::net::UnixStream::connect(&self.monitor)
+            .context("QEMU monitor socket")?;
         s.write_all(format!("{cmd}\n").as_bytes())?;
         std::thread::sleep(Duration::from_millis(300));
         Ok(())
@@ -146,7 +220,16 @@ impl Drop for Qemu {
 
 /// Boot figures read from the console: (kernel → PID 1 ms, PID 1 → ready ms).
 pub fn boot_times(console: &str) -> Option<(u64, u64)> {
-    let k = console.lines().find_map(|l| l.split("stage 1 (initramfs) pid 1 started at ").nth(1)?.split(' ').next()?.parse().ok())?;
-    let r = console.lines().find_map(|l| l.split("boot_ms=").nth(1)?.trim().parse().ok())?;
+    let k = console.lines().find_map(|l| {
+        l.split("stage 1 (initramfs) pid 1 started at ")
+            .nth(1)?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })?;
+    let r = console
+        .lines()
+        .find_map(|l| l.split("boot_ms=").nth(1)?.trim().parse().ok())?;
     Some((k, r))
 }

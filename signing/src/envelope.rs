@@ -58,7 +58,11 @@ impl SignedManifest {
         key_id.copy_from_slice(&buf[12..20]);
         let mut signature = [0u8; 64];
         signature.copy_from_slice(&buf[20..84]);
-        Ok(SignedManifest { key_id, signature, manifest_bytes: buf[84..end].to_vec() })
+        Ok(SignedManifest {
+            key_id,
+            signature,
+            manifest_bytes: buf[84..end].to_vec(),
+        })
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -94,7 +98,12 @@ pub fn seal(manifest: &Manifest, key: &ReleaseKey) -> Result<Vec<u8>, Error> {
         return Err(Error::Oversize(bytes.len(), MAX_MANIFEST_LEN));
     }
     let signature = key.sign(&signed_message(&bytes));
-    Ok(SignedManifest { key_id: key.public().id(), signature, manifest_bytes: bytes }.to_bytes())
+    Ok(SignedManifest {
+        key_id: key.public().id(),
+        signature,
+        manifest_bytes: bytes,
+    }
+    .to_bytes())
 }
 
 /// Signs arbitrary bytes as if they were a manifest (no validation), so the
@@ -106,7 +115,14 @@ pub fn sign_raw_for_fuzzing(manifest_bytes: &[u8], key: &ReleaseKey) -> Option<V
         return None;
     }
     let signature = key.sign(&signed_message(manifest_bytes));
-    Some(SignedManifest { key_id: key.public().id(), signature, manifest_bytes: manifest_bytes.to_vec() }.to_bytes())
+    Some(
+        SignedManifest {
+            key_id: key.public().id(),
+            signature,
+            manifest_bytes: manifest_bytes.to_vec(),
+        }
+        .to_bytes(),
+    )
 }
 
 /// Parses and verifies an envelope (or a zero-padded region holding one).
@@ -150,7 +166,10 @@ mod tests {
         let other = ReleaseKey::from_seed(&[3; 32]);
         let mut sm = SignedManifest::parse(&env).unwrap();
         sm.key_id = other.public().id();
-        assert!(matches!(sm.verify(&[other.public(), k.public()]), Err(Error::BadSignature(_))));
+        assert!(matches!(
+            sm.verify(&[other.public(), k.public()]),
+            Err(Error::BadSignature(_))
+        ));
     }
 
     #[test]
@@ -170,7 +189,10 @@ mod tests {
         for i in [20, 50, 83] {
             let mut e = env.clone();
             e[i] ^= 0x80;
-            assert!(matches!(open(&e, &[k.public()]), Err(Error::BadSignature(_))), "byte {i}");
+            assert!(
+                matches!(open(&e, &[k.public()]), Err(Error::BadSignature(_))),
+                "byte {i}"
+            );
         }
         let mut e = env.clone();
         e[12] ^= 1; // key id
@@ -181,7 +203,10 @@ mod tests {
     fn truncated_magic_oversize_trailing() {
         let (k, env) = setup();
         for n in [0, 7, 83, 84, env.len() - 1] {
-            assert!(matches!(open(&env[..n], &[k.public()]), Err(Error::Truncated(..))), "len {n}");
+            assert!(
+                matches!(open(&env[..n], &[k.public()]), Err(Error::Truncated(..))),
+                "len {n}"
+            );
         }
         let mut e = env.clone();
         e[0] = b'X';
@@ -194,7 +219,10 @@ mod tests {
         assert!(matches!(open(&e, &[k.public()]), Err(Error::Oversize(..))));
         let mut e = env.clone();
         e.extend_from_slice(&[0, 0, 1]);
-        assert!(matches!(open(&e, &[k.public()]), Err(Error::TrailingGarbage)));
+        assert!(matches!(
+            open(&e, &[k.public()]),
+            Err(Error::TrailingGarbage)
+        ));
     }
 
     #[test]
@@ -210,7 +238,12 @@ mod tests {
         let k = ReleaseKey::from_seed(&[1; 32]);
         let bytes = br#"{"format":1}"#.to_vec();
         let sig = k.sign(&signed_message(&bytes));
-        let env = SignedManifest { key_id: k.public().id(), signature: sig, manifest_bytes: bytes }.to_bytes();
+        let env = SignedManifest {
+            key_id: k.public().id(),
+            signature: sig,
+            manifest_bytes: bytes,
+        }
+        .to_bytes();
         assert!(matches!(open(&env, &[k.public()]), Err(Error::Json(_))));
     }
 }

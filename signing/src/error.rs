@@ -24,5 +24,8 @@ pub enum Error {
     #[error("key: {0}")]
     Key(String),
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }

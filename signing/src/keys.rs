@@ -100,7 +100,10 @@ pub fn load_dir(dir: &Path) -> Result<Vec<PublicKey>, Error> {
     }
     paths.sort();
     if paths.is_empty() {
-        return Err(Error::Key(format!("no release keys (*.pub) in {}", dir.display())));
+        return Err(Error::Key(format!(
+            "no release keys (*.pub) in {}",
+            dir.display()
+        )));
     }
     paths.iter().map(|p| PublicKey::load(p)).collect()
 }
@@ -178,12 +181,19 @@ impl ReleaseKey {
 
 impl fmt::Debug for ReleaseKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ReleaseKey(id {}, secret hidden)", self.public().id_hex())
+        write!(
+            f,
+            "ReleaseKey(id {}, secret hidden)",
+            self.public().id_hex()
+        )
     }
 }
 
 fn io(path: &Path, source: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), source }
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -197,7 +207,10 @@ mod tests {
         let k = ReleaseKey::generate();
         k.save(&p).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let k2 = ReleaseKey::load(&p).unwrap();
         assert_eq!(k.public(), k2.public());
         let pubk = PublicKey::load(&p.with_extension("pub")).unwrap();
@@ -216,8 +229,16 @@ mod tests {
         assert!(load_dir(dir.path()).is_err());
         let a = ReleaseKey::from_seed(&[1; 32]).public();
         let b = ReleaseKey::from_seed(&[2; 32]).public();
-        std::fs::write(dir.path().join(format!("{}.pub", a.id_hex())), a.to_file_text()).unwrap();
-        std::fs::write(dir.path().join(format!("{}.pub", b.id_hex())), b.to_file_text()).unwrap();
+        std::fs::write(
+            dir.path().join(format!("{}.pub", a.id_hex())),
+            a.to_file_text(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(format!("{}.pub", b.id_hex())),
+            b.to_file_text(),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("README"), "not a key").unwrap();
         let got = load_dir(dir.path()).unwrap();
         assert_eq!(got.len(), 2);
@@ -240,6 +261,9 @@ mod tests {
         assert!(PublicKey::parse("zz").is_err());
         assert!(ReleaseKey::parse("00").is_err());
         let id = ReleaseKey::from_seed(&[7; 32]).public();
-        assert_eq!(PublicKey::parse(&(id.to_file_text().trim().to_owned() + " comment")).unwrap(), id);
+        assert_eq!(
+            PublicKey::parse(&(id.to_file_text().trim().to_owned() + " comment")).unwrap(),
+            id
+        );
     }
 }

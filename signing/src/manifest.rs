@@ -95,7 +95,12 @@ impl Manifest {
         if salt.len() > 256 {
             return f("salt: longer than 256 bytes");
         }
-        if self.build_id.is_empty() || !self.build_id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.') {
+        if self.build_id.is_empty()
+            || !self
+                .build_id
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
+        {
             return f("build_id: must be non-empty [A-Za-z0-9.-]");
         }
         Ok(())
@@ -114,10 +119,18 @@ impl Manifest {
     /// so the tree begins at hash block 1. Options such as
     /// `restart_on_corruption` are appended by the caller.
     pub fn dm_verity_table(&self, data_dev: &str, hash_dev: &str) -> (u64, String) {
-        let salt = if self.salt.is_empty() { "-" } else { self.salt.as_str() };
+        let salt = if self.salt.is_empty() {
+            "-"
+        } else {
+            self.salt.as_str()
+        };
         let params = format!(
             "1 {data_dev} {hash_dev} {} {} {} 1 {} {} {salt}",
-            self.data_block_size, self.hash_block_size, self.data_blocks, self.hash_algorithm, self.root_hash
+            self.data_block_size,
+            self.hash_block_size,
+            self.data_blocks,
+            self.hash_algorithm,
+            self.root_hash
         );
         (self.data_size / 512, params)
     }
@@ -128,8 +141,14 @@ impl Manifest {
 }
 
 fn hex_len(s: &str, n: usize, what: &str) -> Result<(), Error> {
-    if s.len() != 2 * n || !s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) {
-        return Err(Error::Field(format!("{what}: must be {n} bytes of lowercase hex")));
+    if s.len() != 2 * n
+        || !s
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    {
+        return Err(Error::Field(format!(
+            "{what}: must be {n} bytes of lowercase hex"
+        )));
     }
     Ok(())
 }
@@ -168,7 +187,10 @@ mod tests {
         assert_eq!(Manifest::from_canonical_bytes(&b).unwrap(), m);
         // whitespace changes the bytes → refused
         let pretty = serde_json::to_vec_pretty(&m).unwrap();
-        assert!(matches!(Manifest::from_canonical_bytes(&pretty), Err(Error::NotCanonical)));
+        assert!(matches!(
+            Manifest::from_canonical_bytes(&pretty),
+            Err(Error::NotCanonical)
+        ));
         // unknown field → refused
         let mut v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         v["extra"] = 1.into();
@@ -179,7 +201,14 @@ mod tests {
     fn dm_table() {
         let (sectors, p) = sample().dm_verity_table("/dev/vda2", "/dev/vda3");
         assert_eq!(sectors, 80);
-        assert_eq!(p, format!("1 /dev/vda2 /dev/vda3 4096 4096 10 1 sha256 {} {}", "bb".repeat(32), "aa".repeat(32)));
+        assert_eq!(
+            p,
+            format!(
+                "1 /dev/vda2 /dev/vda3 4096 4096 10 1 sha256 {} {}",
+                "bb".repeat(32),
+                "aa".repeat(32)
+            )
+        );
     }
 
     #[test]

@@ -52,7 +52,10 @@ pub struct Supervisor {
 /// Records a failure; true when the service has failed FLAP_COUNT times within FLAP_WINDOW.
 pub fn flapping(failures: &mut VecDeque<Instant>, now: Instant) -> bool {
     failures.push_back(now);
-    while failures.front().is_some_and(|t| now.duration_since(*t) > FLAP_WINDOW) {
+    while failures
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > FLAP_WINDOW)
+    {
         failures.pop_front();
     }
     failures.len() >= FLAP_COUNT
@@ -76,11 +79,17 @@ impl Supervisor {
                 restarts: 0,
             })
             .collect();
-        Ok(Self { units, exe: exe.into(), stopping: false })
+        Ok(Self {
+            units,
+            exe: exe.into(),
+            stopping: false,
+        })
     }
 
     fn deps_healthy(&self, s: &Service) -> bool {
-        s.after.iter().all(|a| self.units.iter().any(|u| &u.svc.name == a && u.healthy))
+        s.after
+            .iter()
+            .all(|a| self.units.iter().any(|u| &u.svc.name == a && u.healthy))
     }
 
     /// Starts what is due, polls health. Call often (every ~200 ms).
@@ -90,7 +99,8 @@ impl Supervisor {
         }
         let now = Instant::now();
         for i in 0..self.units.len() {
-            let due = matches!(self.units[i].status, Status::Waiting | Status::Backoff) && self.units[i].next_start <= now;
+            let due = matches!(self.units[i].status, Status::Waiting | Status::Backoff)
+                && self.units[i].next_start <= now;
             if due && self.deps_healthy(&self.units[i].svc.clone()) {
                 self.start(i);
             }
@@ -98,10 +108,19 @@ impl Supervisor {
             if u.status == Status::Running && u.next_health <= now {
                 let ok = health(&u.svc.name);
                 if ok != u.healthy {
-                    console::say(&format!("service {} {}", u.svc.name, if ok { "healthy" } else { "unhealthy" }));
+                    console::say(&format!(
+                        "service {} {}",
+                        u.svc.name,
+                        if ok { "healthy" } else { "unhealthy" }
+                    ));
                 }
                 u.healthy = ok;
-                u.next_health = now + if ok { HEALTH_EVERY_HEALTHY } else { HEALTH_EVERY };
+                u.next_health = now
+                    + if ok {
+                        HEALTH_EVERY_HEALTHY
+                    } else {
+                        HEALTH_EVERY
+                    };
             }
         }
     }
@@ -113,7 +132,14 @@ impl Supervisor {
             let mem = table::memory_value(&s.memory_max)?;
             cgroup::prepare(&s.name, &mem, s.pids_max, s.cpu_weight)?;
             prepare_state_dir(&s.name, s.uid, s.gid)?;
-            let spec = sandbox::Spec { name: s.name.clone(), uid: s.uid, gid: s.gid, caps: s.caps.clone(), writable: s.writable.clone(), nofile: s.nofile };
+            let spec = sandbox::Spec {
+                name: s.name.clone(),
+                uid: s.uid,
+                gid: s.gid,
+                caps: s.caps.clone(),
+                writable: s.writable.clone(),
+                nofile: s.nofile,
+            };
             let child = Command::new(&self.exe)
                 .args(["run", &s.name])
                 .env_clear()
@@ -124,7 +150,10 @@ impl Supervisor {
         })();
         match res {
             Ok(pid) => {
-                console::say(&format!("service {} started pid {pid} (uid {})", s.name, s.uid));
+                console::say(&format!(
+                    "service {} started pid {pid} (uid {})",
+                    s.name, s.uid
+                ));
                 u.pid = Some(Pid::from_raw(pid as i32));
                 u.status = Status::Running;
                 u.healthy = false;
@@ -144,21 +173,34 @@ impl Supervisor {
         u.healthy = false;
         if flapping(&mut u.failures, now) {
             u.status = Status::Failed;
-            console::say(&format!("service {} FAILED: {FLAP_COUNT} failures within {}s, not restarting", u.svc.name, FLAP_WINDOW.as_secs()));
+            console::say(&format!(
+                "service {} FAILED: {FLAP_COUNT} failures within {}s, not restarting",
+                u.svc.name,
+                FLAP_WINDOW.as_secs()
+            ));
             return;
         }
         u.status = Status::Backoff;
         u.next_start = now + u.backoff;
-        console::say(&format!("service {} restarting in {} ms", u.svc.name, u.backoff.as_millis()));
+        console::say(&format!(
+            "service {} restarting in {} ms",
+            u.svc.name,
+            u.backoff.as_millis()
+        ));
         u.backoff = (u.backoff * 2).min(BACKOFF_MAX);
         u.restarts += 1;
     }
 
     /// A child exited: if it was a service, decide about its restart.
     pub fn on_exit(&mut self, pid: Pid, how: &str, success: bool) {
-        let Some(i) = self.units.iter().position(|u| u.pid == Some(pid)) else { return };
+        let Some(i) = self.units.iter().position(|u| u.pid == Some(pid)) else {
+            return;
+        };
         cgroup::kill_all(&self.units[i].svc.name);
-        console::say(&format!("service {} (pid {pid}) exited: {how}", self.units[i].svc.name));
+        console::say(&format!(
+            "service {} (pid {pid}) exited: {how}",
+            self.units[i].svc.name
+        ));
         if self.stopping {
             self.units[i].status = Status::Stopped;
             self.units[i].pid = None;
@@ -174,11 +216,17 @@ impl Supervisor {
 
     /// Every required service reports healthy (true for an empty table).
     pub fn all_required_healthy(&self) -> bool {
-        self.units.iter().filter(|u| u.svc.required).all(|u| u.healthy)
+        self.units
+            .iter()
+            .filter(|u| u.svc.required)
+            .all(|u| u.healthy)
     }
 
     pub fn pid_of(&self, name: &str) -> Option<Pid> {
-        self.units.iter().find(|u| u.svc.name == name).and_then(|u| u.pid)
+        self.units
+            .iter()
+            .find(|u| u.svc.name == name)
+            .and_then(|u| u.pid)
     }
 
     pub fn signal_all(&self, sig: Signal) {
@@ -197,7 +245,18 @@ impl Supervisor {
     }
 
     pub fn summary(&self) -> HashMap<String, String> {
-        self.units.iter().map(|u| (u.svc.name.clone(), format!("{:?} healthy={} restarts={}", u.status, u.healthy, u.restarts))).collect()
+        self.units
+            .iter()
+            .map(|u| {
+                (
+                    u.svc.name.clone(),
+                    format!(
+                        "{:?} healthy={} restarts={}",
+                        u.status, u.healthy, u.restarts
+                    ),
+                )
+            })
+            .collect()
     }
 }
 
@@ -212,8 +271,15 @@ fn prepare_state_dir(name: &str, uid: u32, gid: u32) -> anyhow::Result<()> {
 
 /// `health` over the service's socket: `{"ok":true,"result":{"healthy":true}}`.
 pub fn health(name: &str) -> bool {
-    let p = gwos_core::context::socket_path(std::path::Path::new(gwos_core::context::RUN_DIR), name);
-    match gwos_core::rpc::call(&p, "health", serde_json::json!({}), None, Duration::from_secs(1)) {
+    let p =
+        gwos_core::context::socket_path(std::path::Path::new(gwos_core::context::RUN_DIR), name);
+    match gwos_core::rpc::call(
+        &p,
+        "health",
+        serde_json::json!({}),
+        None,
+        Duration::from_secs(1),
+    ) {
         Ok(r) => r.ok && r.result.get("healthy").and_then(|v| v.as_bool()) == Some(true),
         Err(_) => false,
     }
@@ -233,7 +299,10 @@ mod tests {
         assert!(flapping(&mut f, t + Duration::from_secs(5)));
         let mut g = VecDeque::new();
         for i in 0..10 {
-            assert!(!flapping(&mut g, t + Duration::from_secs(i * 20)), "spread-out failures are not flapping");
+            assert!(
+                !flapping(&mut g, t + Duration::from_secs(i * 20)),
+                "spread-out failures are not flapping"
+            );
         }
     }
 }

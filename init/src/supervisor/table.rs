@@ -86,11 +86,15 @@ impl Table {
                 bail!("service {}: restart must be always or on-failure", s.name);
             }
             for c in &s.caps {
-                c.parse::<caps::Capability>().map_err(|_| anyhow::anyhow!("service {}: unknown capability {c}", s.name))?;
+                c.parse::<caps::Capability>()
+                    .map_err(|_| anyhow::anyhow!("service {}: unknown capability {c}", s.name))?;
             }
             for w in &s.writable {
                 if !w.starts_with("/var/") && !w.starts_with("/run/") {
-                    bail!("service {}: writable path {w} must be under /var or /run", s.name);
+                    bail!(
+                        "service {}: writable path {w} must be under /var or /run",
+                        s.name
+                    );
                 }
             }
         }
@@ -134,7 +138,9 @@ pub fn memory_value(s: &str) -> Result<String> {
         Some('G') => (&s[..s.len() - 1], 1 << 30),
         _ => (s, 1),
     };
-    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("memory_max {s:?} is not a size"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("memory_max {s:?} is not a size"))?;
     Ok((n * mult).to_string())
 }
 
@@ -146,10 +152,18 @@ mod tests {
     /// local RPC callers check for (gwos_core::rpc::SERVICE_UIDS), gid = uid.
     #[test]
     fn shipped_table_parses() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rootfs/etc/gwos/services.toml")).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../rootfs/etc/gwos/services.toml"
+        ))
+        .unwrap();
         let t = parse(&text).unwrap();
         for (name, uid) in gwos_core::rpc::SERVICE_UIDS {
-            let s = t.service.iter().find(|s| s.name == *name).unwrap_or_else(|| panic!("{name} not in the shipped table"));
+            let s = t
+                .service
+                .iter()
+                .find(|s| s.name == *name)
+                .unwrap_or_else(|| panic!("{name} not in the shipped table"));
             assert_eq!((s.uid, s.gid), (*uid, *uid), "{name}");
         }
     }

@@ -30,22 +30,46 @@ pub fn canonical(v: &Value) -> String {
             keys.sort();
             let parts: Vec<String> = keys
                 .iter()
-                .map(|k| format!("{}:{}", serde_json::to_string(k).unwrap_or_default(), canonical(&m[*k])))
+                .map(|k| {
+                    format!(
+                        "{}:{}",
+                        serde_json::to_string(k).unwrap_or_default(),
+                        canonical(&m[*k])
+                    )
+                })
                 .collect();
             format!("{{{}}}", parts.join(","))
         }
-        Value::Array(a) => format!("[{}]", a.iter().map(canonical).collect::<Vec<_>>().join(",")),
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(canonical).collect::<Vec<_>>().join(",")
+        ),
         other => serde_json::to_string(other).unwrap_or_default(),
     }
 }
 
-pub fn message(command: &str, params: &Map<String, Value>, trace_id: &str, expires: i64) -> Vec<u8> {
-    format!("gwos-control-approval-v1\n{command}\n{}\n{trace_id}\n{expires}", canonical(&Value::Object(params.clone())))
-        .into_bytes()
+pub fn message(
+    command: &str,
+    params: &Map<String, Value>,
+    trace_id: &str,
+    expires: i64,
+) -> Vec<u8> {
+    format!(
+        "gwos-control-approval-v1\n{command}\n{}\n{trace_id}\n{expires}",
+        canonical(&Value::Object(params.clone()))
+    )
+    .into_bytes()
 }
 
 /// Makes the `approval` object with the approver's ed25519 seed.
-pub fn sign(seed: &[u8; 32], fingerprint: &str, command: &str, params: &Map<String, Value>, trace_id: &str, expires: i64) -> Value {
+pub fn sign(
+    seed: &[u8; 32],
+    fingerprint: &str,
+    command: &str,
+    params: &Map<String, Value>,
+    trace_id: &str,
+    expires: i64,
+) -> Value {
     let sk = SigningKey::from_bytes(seed);
     let sig = sk.sign(&message(command, params, trace_id, expires));
     serde_json::json!({
@@ -64,35 +88,63 @@ pub struct Token {
 }
 
 pub fn parse(v: &Value) -> Result<Token, String> {
-    let o = v.as_object().ok_or("invalid field \"approval\": must be an object")?;
+    let o = v
+        .as_object()
+        .ok_or("invalid field \"approval\": must be an object")?;
     for k in o.keys() {
         if !["key", "expires", "signature"].contains(&k.as_str()) {
             return Err(format!("invalid field \"approval\": unknown field {k:?}"));
         }
     }
-    let key = o.get("key").and_then(Value::as_str).filter(|k| k.starts_with("SHA256:") && k.len() <= 80)
+    let key = o
+        .get("key")
+        .and_then(Value::as_str)
+        .filter(|k| k.starts_with("SHA256:") && k.len() <= 80)
         .ok_or("invalid field \"approval.key\": must be the approver's SHA256: fingerprint")?;
-    let expires = o.get("expires").and_then(Value::as_i64).ok_or("invalid field \"approval.expires\": must be Unix seconds")?;
+    let expires = o
+        .get("expires")
+        .and_then(Value::as_i64)
+        .ok_or("invalid field \"approval.expires\": must be Unix seconds")?;
     let sig = o
         .get("signature")
         .and_then(Value::as_str)
         .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
         .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
         .ok_or("invalid field \"approval.signature\": must be 64 bytes of base64")?;
-    Ok(Token { key: key.to_owned(), expires, signature: sig })
+    Ok(Token {
+        key: key.to_owned(),
+        expires,
+        signature: sig,
+    })
 }
 
 /// Checks a token against the approver's public key bytes.
-pub fn verify(token: &Token, approver: &[u8; 32], command: &str, params: &Map<String, Value>, trace_id: &str, now: i64) -> Result<(), String> {
+pub fn verify(
+    token: &Token,
+    approver: &[u8; 32],
+    command: &str,
+    params: &Map<String, Value>,
+    trace_id: &str,
+    now: i64,
+) -> Result<(), String> {
     if token.expires < now {
         return Err("approval expired".into());
     }
     if token.expires > now + MAX_VALIDITY_SECS {
-        return Err(format!("approval expires more than {MAX_VALIDITY_SECS} s ahead"));
+        return Err(format!(
+            "approval expires more than {MAX_VALIDITY_SECS} s ahead"
+        ));
     }
-    let vk = VerifyingKey::from_bytes(approver).map_err(|_| "approver key is not a valid ed25519 key")?;
-    vk.verify(&message(command, params, trace_id, token.expires), &Signature::from_bytes(&token.signature))
-        .map_err(|_| "approval signature does not verify (command, request, trace_id or expiry differ)".to_string())
+    let vk = VerifyingKey::from_bytes(approver)
+        .map_err(|_| "approver key is not a valid ed25519 key")?;
+    vk.verify(
+        &message(command, params, trace_id, token.expires),
+        &Signature::from_bytes(&token.signature),
+    )
+    .map_err(|_| {
+        "approval signature does not verify (command, request, trace_id or expiry differ)"
+            .to_string()
+    })
 }
 
 #[cfg(test)]
@@ -104,15 +156,31 @@ mod tests {
     fn sign_verify_and_tamper() {
         let seed = [9u8; 32];
         let pk = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
-        let params = json!({"scopes":["vpn:read"],"key":"ssh-ed25519 AAAA x"}).as_object().unwrap().clone();
-        let tok = parse(&sign(&seed, "SHA256:x", "control_key_add", &params, "t1", 1000)).unwrap();
+        let params = json!({"scopes":["vpn:read"],"key":"ssh-ed25519 AAAA x"})
+            .as_object()
+            .unwrap()
+            .clone();
+        let tok = parse(&sign(
+            &seed,
+            "SHA256:x",
+            "control_key_add",
+            &params,
+            "t1",
+            1000,
+        ))
+        .unwrap();
         assert!(verify(&tok, &pk, "control_key_add", &params, "t1", 900).is_ok());
         assert!(verify(&tok, &pk, "control_key_add", &params, "t2", 900).is_err());
         assert!(verify(&tok, &pk, "control_key_remove", &params, "t1", 900).is_err());
-        assert!(verify(&tok, &pk, "control_key_add", &params, "t1", 1001).unwrap_err().contains("expired"));
+        assert!(verify(&tok, &pk, "control_key_add", &params, "t1", 1001)
+            .unwrap_err()
+            .contains("expired"));
         let mut p2 = params.clone();
         p2.insert("scopes".into(), json!(["admin"]));
         assert!(verify(&tok, &pk, "control_key_add", &p2, "t1", 900).is_err());
-        assert_eq!(canonical(&json!({"b":1,"a":{"d":[1,{"z":1,"y":2}],"c":"x"}})), r#"{"a":{"c":"x","d":[1,{"y":2,"z":1}]},"b":1}"#);
+        assert_eq!(
+            canonical(&json!({"b":1,"a":{"d":[1,{"z":1,"y":2}],"c":"x"}})),
+            r#"{"a":{"c":"x","d":[1,{"y":2,"z":1}]},"b":1}"#
+        );
     }
 }

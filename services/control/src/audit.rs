@@ -20,7 +20,11 @@ pub struct AuditLog {
 
 impl AuditLog {
     pub fn new(state_dir: &std::path::Path, max_bytes: u64) -> Self {
-        Self { path: state_dir.join("audit.log"), max_bytes, lock: Mutex::new(()) }
+        Self {
+            path: state_dir.join("audit.log"),
+            max_bytes,
+            lock: Mutex::new(()),
+        }
     }
 
     /// Emits `kind` with `fields` as an event and appends it to the local log.
@@ -31,7 +35,10 @@ impl AuditLog {
         let line = ev.to_line();
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = self.append(&line) {
-            gwos_core::emit(&gwos_core::Event::new("control", "control.audit_error").field("error", format!("{e:#}")));
+            gwos_core::emit(
+                &gwos_core::Event::new("control", "control.audit_error")
+                    .field("error", format!("{e:#}")),
+            );
         }
     }
 
@@ -40,7 +47,11 @@ impl AuditLog {
         if size > 0 && size + line.len() as u64 + 1 > self.max_bytes {
             fs::rename(&self.path, self.path.with_extension("log.1"))?;
         }
-        let mut f = OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path)?;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)?;
         f.write_all(format!("{line}\n").as_bytes())?;
         f.sync_data()
     }
@@ -53,10 +64,18 @@ impl AuditLog {
         for p in [self.path.with_extension("log.1"), self.path.clone()] {
             let Ok(f) = fs::File::open(&p) else { continue };
             for line in BufReader::new(f).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
                 let t = v["time"]
                     .as_str()
-                    .and_then(|s| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok())
+                    .and_then(|s| {
+                        time::OffsetDateTime::parse(
+                            s,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .ok()
+                    })
                     .map(|t| t.unix_timestamp());
                 if let Some(t) = t {
                     if t >= since && t < until {
@@ -86,7 +105,10 @@ mod tests {
             log.record("control.test", m);
         }
         assert!(dir.path().join("audit.log.1").exists());
-        let total: u64 = ["audit.log", "audit.log.1"].iter().map(|f| fs::metadata(dir.path().join(f)).unwrap().len()).sum();
+        let total: u64 = ["audit.log", "audit.log.1"]
+            .iter()
+            .map(|f| fs::metadata(dir.path().join(f)).unwrap().len())
+            .sum();
         assert!(total <= 1200, "{total}");
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let got = log.read_window(now - 60, now + 60, 3);

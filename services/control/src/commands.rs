@@ -77,16 +77,27 @@ pub fn sanitize(s: &str, max: usize) -> String {
 
 impl Control {
     pub fn effective(&self) -> Effective {
-        crate::config::effective(&self.site, &self.runtime.lock().unwrap_or_else(|p| p.into_inner()))
+        crate::config::effective(
+            &self.site,
+            &self.runtime.lock().unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     /// Handles one call; returns the response object and the exit status.
     pub fn call(&self, caller: &Caller, input: CallInput) -> (Value, u32) {
         let t0 = Instant::now();
-        let mut n = Notes { trace_id: gwos_core::event::new_trace_id(), ..Default::default() };
+        let mut n = Notes {
+            trace_id: gwos_core::event::new_trace_id(),
+            ..Default::default()
+        };
         let command = sanitize(input.command.trim(), 64);
         let outcome = self.call_inner(caller, &input, &command, &mut n);
-        let Notes { trace_id, arguments, key_comment, approved_by } = n;
+        let Notes {
+            trace_id,
+            arguments,
+            key_comment,
+            approved_by,
+        } = n;
         let (result, error, fields) = match outcome {
             Outcome::Ok(f) => ("ok", None, f),
             Outcome::Denied(e) => ("denied", Some(e), Map::new()),
@@ -102,7 +113,10 @@ impl Control {
         rec.insert("arguments".into(), arguments);
         rec.insert("result".into(), json!(result));
         rec.insert("error".into(), json!(error));
-        rec.insert("duration_ms".into(), json!(t0.elapsed().as_secs_f64() * 1000.0));
+        rec.insert(
+            "duration_ms".into(),
+            json!(t0.elapsed().as_secs_f64() * 1000.0),
+        );
         if let Some(a) = approved_by {
             rec.insert("approved_by".into(), json!(a));
         }
@@ -130,11 +144,21 @@ impl Control {
         n: &mut Notes,
     ) -> Outcome {
         let Some(spec) = scope::command(command) else {
-            return Outcome::Invalid(format!("unknown command {command:?}; `help` lists the commands this key may call"));
+            return Outcome::Invalid(format!(
+                "unknown command {command:?}; `help` lists the commands this key may call"
+            ));
         };
-        let key = self.keys.lock().unwrap_or_else(|p| p.into_inner()).find(&caller.fingerprint).cloned();
+        let key = self
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .find(&caller.fingerprint)
+            .cloned();
         let Some(key) = key else {
-            return Outcome::Denied(format!("key {} is no longer authorized", caller.fingerprint));
+            return Outcome::Denied(format!(
+                "key {} is no longer authorized",
+                caller.fingerprint
+            ));
         };
         n.key_comment = key.comment.clone();
         let max = self.site.max_request_bytes;
@@ -176,7 +200,12 @@ impl Control {
     }
 
     /// Returns the approver's fingerprint.
-    fn check_approval(&self, caller_fp: &str, command: &str, env: &request::Envelope) -> Result<String, String> {
+    fn check_approval(
+        &self,
+        caller_fp: &str,
+        command: &str,
+        env: &request::Envelope,
+    ) -> Result<String, String> {
         let Some(a) = &env.approval else {
             return Err(format!("{command} needs a second admin key's approval (field \"approval\"); see docs/control.md"));
         };
@@ -187,24 +216,52 @@ impl Control {
         if token.key == caller_fp {
             return Err("approval must come from a different key than the caller's".into());
         }
-        let approver = self.keys.lock().unwrap_or_else(|p| p.into_inner()).find(&token.key).cloned();
-        let approver = approver.ok_or_else(|| format!("approver key {} is not a control key", token.key))?;
+        let approver = self
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .find(&token.key)
+            .cloned();
+        let approver =
+            approver.ok_or_else(|| format!("approver key {} is not a control key", token.key))?;
         if !approver.scopes.has("admin") {
-            return Err(format!("approver key {} does not hold admin", approver.fingerprint));
+            return Err(format!(
+                "approver key {} does not hold admin",
+                approver.fingerprint
+            ));
         }
-        crate::approval::verify(&token, &approver.ed25519, command, &env.params, trace, now())?;
+        crate::approval::verify(
+            &token,
+            &approver.ed25519,
+            command,
+            &env.params,
+            trace,
+            now(),
+        )?;
         Ok(approver.fingerprint)
     }
 
-    fn forward(&self, service: &str, method: &str, params: Value, trace_id: &str) -> Result<Value, String> {
+    fn forward(
+        &self,
+        service: &str,
+        method: &str,
+        params: Value,
+        trace_id: &str,
+    ) -> Result<Value, String> {
         let path = gwos_core::context::socket_path(&self.run_dir, service);
         if !path.exists() {
-            return Err(format!("service unavailable: {service} (no socket at {})", path.display()));
+            return Err(format!(
+                "service unavailable: {service} (no socket at {})",
+                path.display()
+            ));
         }
         let timeout = self.effective().rpc_timeout;
         match gwos_core::rpc::call(&path, method, params, Some(trace_id), timeout) {
             Ok(r) if r.ok => Ok(r.result),
-            Ok(r) => Err(format!("{service}: {}", r.error.unwrap_or_else(|| "failed without a message".into()))),
+            Ok(r) => Err(format!(
+                "{service}: {}",
+                r.error.unwrap_or_else(|| "failed without a message".into())
+            )),
             Err(e) => Err(format!("service unavailable: {service} ({e:#})")),
         }
     }
@@ -215,14 +272,29 @@ impl Control {
         if !path.exists() {
             return (json!("unavailable"), None);
         }
-        match gwos_core::rpc::call(&path, "health", json!({}), None, std::time::Duration::from_secs(2)) {
+        match gwos_core::rpc::call(
+            &path,
+            "health",
+            json!({}),
+            None,
+            std::time::Duration::from_secs(2),
+        ) {
             Ok(r) if r.ok => (json!("ok"), Some(r.result)),
-            Ok(r) => (json!(format!("error: {}", r.error.unwrap_or_default())), None),
+            Ok(r) => (
+                json!(format!("error: {}", r.error.unwrap_or_default())),
+                None,
+            ),
             Err(e) => (json!(format!("unavailable: {e}")), None),
         }
     }
 
-    fn execute(&self, command: &str, params: Params, key: &crate::keys::Key, trace_id: &str) -> Result<Value, String> {
+    fn execute(
+        &self,
+        command: &str,
+        params: Params,
+        key: &crate::keys::Key,
+        trace_id: &str,
+    ) -> Result<Value, String> {
         let to_value = |p: &dyn erased::Ser| p.value();
         match (command, params) {
             ("help", _) => {
@@ -230,8 +302,10 @@ impl Control {
                 let cmds: Vec<Value> = scope::COMMANDS
                     .iter()
                     .filter(|c| key.scopes.allows(c))
-                    .map(|c| json!({"command": c.name, "scope": c.scope, "summary": c.summary,
-                                    "approval_required": require.iter().any(|r| r == c.name)}))
+                    .map(|c| {
+                        json!({"command": c.name, "scope": c.scope, "summary": c.summary,
+                                    "approval_required": require.iter().any(|r| r == c.name)})
+                    })
                     .collect();
                 Ok(json!({"commands": cmds, "scopes": key.scopes.list()}))
             }
@@ -259,18 +333,32 @@ impl Control {
                 }
                 self.forward("vpn", command, v, trace_id)
             }
-            ("update_ccd", Params::UpdateCcd(p)) => {
-                self.forward("vpn", command, json!({"name": p.user, "policy": {"allowed": p.allowed}}), trace_id)
+            ("update_ccd", Params::UpdateCcd(p)) => self.forward(
+                "vpn",
+                command,
+                json!({"name": p.user, "policy": {"allowed": p.allowed}}),
+                trace_id,
+            ),
+            ("vpn_user_delete", Params::User(p)) => {
+                self.forward("vpn", command, json!({"name": p.user}), trace_id)
             }
-            ("vpn_user_delete", Params::User(p)) => self.forward("vpn", command, json!({"name": p.user}), trace_id),
-            ("vpn_user_list" | "vpn_status", _) => self.forward("vpn", command, json!({}), trace_id),
-            ("spa_user_set", Params::SpaUserSet(p)) => self.forward("spa", command, to_value(&p), trace_id),
-            ("spa_user_delete", Params::User(p)) => self.forward("spa", command, to_value(&p), trace_id),
+            ("vpn_user_list" | "vpn_status", _) => {
+                self.forward("vpn", command, json!({}), trace_id)
+            }
+            ("spa_user_set", Params::SpaUserSet(p)) => {
+                self.forward("spa", command, to_value(&p), trace_id)
+            }
+            ("spa_user_delete", Params::User(p)) => {
+                self.forward("spa", command, to_value(&p), trace_id)
+            }
             ("spa_user_list", _) => self.forward("spa", command, json!({}), trace_id),
             ("control_key_add", Params::KeyAdd(p)) => {
                 let scopes = scope::Scopes::parse(&p.scopes)?;
                 if !key.scopes.covers(&scopes) {
-                    return Err(format!("cannot grant scopes this key does not hold itself ({})", key.scopes.list().join(", ")));
+                    return Err(format!(
+                        "cannot grant scopes this key does not hold itself ({})",
+                        key.scopes.list().join(", ")
+                    ));
                 }
                 let c = KeyConfig {
                     key: p.key.trim().to_owned(),
@@ -283,11 +371,21 @@ impl Control {
                 Ok(json!({"key": k.describe()}))
             }
             ("control_key_remove", Params::KeyRemove(p)) => {
-                let k = self.keys.lock().unwrap_or_else(|p| p.into_inner()).remove(&p.fingerprint)?;
+                let k = self
+                    .keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&p.fingerprint)?;
                 Ok(json!({"removed": k.describe()}))
             }
             ("control_key_list", _) => {
-                let keys: Vec<Value> = self.keys.lock().unwrap_or_else(|p| p.into_inner()).all().map(|k| k.describe()).collect();
+                let keys: Vec<Value> = self
+                    .keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .all()
+                    .map(|k| k.describe())
+                    .collect();
                 Ok(json!({"keys": keys}))
             }
             ("config_get", _) => Ok(self.config_view()),
@@ -301,26 +399,47 @@ impl Control {
                 drop(rt);
                 Ok(self.config_view())
             }
-            ("pull_logs", Params::PullLogs { since, until, limit }) => {
+            (
+                "pull_logs",
+                Params::PullLogs {
+                    since,
+                    until,
+                    limit,
+                },
+            ) => {
                 let records = self.audit.read_window(since, until, limit);
-                Ok(json!({"since": since, "until": until, "count": records.len(), "records": records}))
+                Ok(
+                    json!({"since": since, "until": until, "count": records.len(), "records": records}),
+                )
             }
             ("reboot", _) => {
                 let path = gwos_core::context::socket_path(&self.run_dir, "init");
                 if !path.exists() {
-                    return Err(format!("service unavailable: init (no socket at {})", path.display()));
+                    return Err(format!(
+                        "service unavailable: init (no socket at {})",
+                        path.display()
+                    ));
                 }
                 self.forward("init", "reboot", json!({}), trace_id)
             }
-            ("spawn_browser_container" | "terminate_session" | "update_apply" | "update_status" | "update_rollback", _) => {
-                Err(format!("{command} is not available in this release"))
-            }
+            (
+                "spawn_browser_container"
+                | "terminate_session"
+                | "update_apply"
+                | "update_status"
+                | "update_rollback",
+                _,
+            ) => Err(format!("{command} is not available in this release")),
             (c, _) => Err(format!("internal error: no handler for {c}")),
         }
     }
 
     fn config_view(&self) -> Value {
-        let rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let rt = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let eff = crate::config::effective(&self.site, &rt);
         json!({
             "overrides": rt,

@@ -56,7 +56,9 @@ impl Default for ControlConfig {
 
 impl ControlConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.listen.parse::<std::net::SocketAddr>().map_err(|_| anyhow::anyhow!("[control] listen {:?} is not ip:port", self.listen))?;
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| anyhow::anyhow!("[control] listen {:?} is not ip:port", self.listen))?;
         for b in &self.backend {
             crate::request::cidr("backend", b).map_err(|e| anyhow::anyhow!("[control] {e}"))?;
         }
@@ -66,8 +68,14 @@ impl ControlConfig {
                 _ => anyhow::bail!("[control] require_approval: {c:?} is not a risky command"),
             }
         }
-        anyhow::ensure!(self.max_sessions > 0 && self.max_auth_tries > 0, "[control] max_sessions and max_auth_tries must be > 0");
-        anyhow::ensure!(self.max_request_bytes >= 1024, "[control] max_request_bytes must be >= 1024");
+        anyhow::ensure!(
+            self.max_sessions > 0 && self.max_auth_tries > 0,
+            "[control] max_sessions and max_auth_tries must be > 0"
+        );
+        anyhow::ensure!(
+            self.max_request_bytes >= 1024,
+            "[control] max_request_bytes must be >= 1024"
+        );
         Ok(())
     }
 }
@@ -123,7 +131,13 @@ pub struct Effective {
 }
 
 pub fn effective(site: &ControlConfig, rt: &RuntimeConfig) -> Effective {
-    let backend = rt.backend.as_ref().unwrap_or(&site.backend).iter().filter_map(|c| c.parse().ok()).collect();
+    let backend = rt
+        .backend
+        .as_ref()
+        .unwrap_or(&site.backend)
+        .iter()
+        .filter_map(|c| c.parse().ok())
+        .collect();
     Effective {
         backend,
         idle_timeout: Duration::from_secs(rt.idle_timeout_secs.unwrap_or(site.idle_timeout_secs)),

@@ -16,9 +16,13 @@ pub fn parse_ed25519_line(line: &str) -> Result<PublicKey, String> {
     if line.contains('\n') {
         return Err("must be one line".into());
     }
-    let key = PublicKey::from_openssh(line).map_err(|_| "not an OpenSSH public key line".to_string())?;
+    let key =
+        PublicKey::from_openssh(line).map_err(|_| "not an OpenSSH public key line".to_string())?;
     if key.algorithm() != Algorithm::Ed25519 {
-        return Err(format!("only ssh-ed25519 keys are accepted, not {}", key.algorithm()));
+        return Err(format!(
+            "only ssh-ed25519 keys are accepted, not {}",
+            key.algorithm()
+        ));
     }
     Ok(key)
 }
@@ -99,15 +103,25 @@ impl KeyStore {
     pub fn load(site: &[KeyConfig], state_dir: &Path) -> Result<Self> {
         let mut site_keys = Vec::new();
         for (i, c) in site.iter().enumerate() {
-            site_keys.push(Key::from_config(c, "site").map_err(|e| anyhow::anyhow!("site config [control] keys[{i}]: {e}"))?);
+            site_keys.push(
+                Key::from_config(c, "site")
+                    .map_err(|e| anyhow::anyhow!("site config [control] keys[{i}]: {e}"))?,
+            );
         }
         let path = state_dir.join("keys.json");
         let stored: Vec<KeyConfig> = gwos_core::state::read_json(&path)?.unwrap_or_default();
         let mut state = Vec::new();
         for (i, c) in stored.iter().enumerate() {
-            state.push(Key::from_config(c, "state").map_err(|e| anyhow::anyhow!("{} entry {i}: {e}", path.display()))?);
+            state.push(
+                Key::from_config(c, "state")
+                    .map_err(|e| anyhow::anyhow!("{} entry {i}: {e}", path.display()))?,
+            );
         }
-        Ok(Self { site: site_keys, state, path })
+        Ok(Self {
+            site: site_keys,
+            state,
+            path,
+        })
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Key> {
@@ -156,7 +170,8 @@ impl KeyStore {
 mod tests {
     use super::*;
 
-    pub const K1: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEnnDDsPI1HfLZ3ZXVRmxXbUxaRCjtMiQvOxJSuLS0FF test@one";
+    pub const K1: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEnnDDsPI1HfLZ3ZXVRmxXbUxaRCjtMiQvOxJSuLS0FF test@one";
 
     #[test]
     fn parse_and_persist() {
@@ -165,7 +180,13 @@ mod tests {
         assert!(parse_ed25519_line(rsa).is_err());
         let dir = tempfile::tempdir().unwrap();
         let mut s = KeyStore::load(&[], dir.path()).unwrap();
-        let c = KeyConfig { key: K1.into(), scopes: vec!["vpn:read".into()], comment: None, added_by: None, added_at: None };
+        let c = KeyConfig {
+            key: K1.into(),
+            scopes: vec!["vpn:read".into()],
+            comment: None,
+            added_by: None,
+            added_at: None,
+        };
         let k = s.add(c.clone()).unwrap();
         assert_eq!(k.comment, "test@one");
         assert!(k.fingerprint.starts_with("SHA256:"));
@@ -174,6 +195,9 @@ mod tests {
         assert!(s2.find(&k.fingerprint).is_some());
         let mut s3 = KeyStore::load(&[], dir.path()).unwrap();
         s3.remove(&k.fingerprint).unwrap();
-        assert!(KeyStore::load(&[], dir.path()).unwrap().find(&k.fingerprint).is_none());
+        assert!(KeyStore::load(&[], dir.path())
+            .unwrap()
+            .find(&k.fingerprint)
+            .is_none());
     }
 }

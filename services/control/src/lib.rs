@@ -32,7 +32,8 @@ pub fn run(ctx: gwos_core::ServiceContext) -> anyhow::Result<()> {
     let host = server::host_key(&ctx.state_dir)?;
     let host_fp = keys::fingerprint(host.public_key());
     let keys = keys::KeyStore::load(&site.keys, &ctx.state_dir)?;
-    let runtime: config::RuntimeConfig = gwos_core::state::read_json(&ctx.state_dir.join("runtime.json"))?.unwrap_or_default();
+    let runtime: config::RuntimeConfig =
+        gwos_core::state::read_json(&ctx.state_dir.join("runtime.json"))?.unwrap_or_default();
     let ctl = Arc::new(commands::Control {
         audit: audit::AuditLog::new(&ctx.state_dir, site.audit_max_bytes),
         site,

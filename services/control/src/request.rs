@@ -43,9 +43,14 @@ pub fn parse_envelope(body: &[u8], max: usize) -> Result<Envelope, FieldError> {
     }
     let text = std::str::from_utf8(body).map_err(|_| FieldError("request is not UTF-8".into()))?;
     if text.trim().is_empty() {
-        return Ok(Envelope { trace_id: None, approval: None, params: Map::new() });
+        return Ok(Envelope {
+            trace_id: None,
+            approval: None,
+            params: Map::new(),
+        });
     }
-    let value: Value = serde_json::from_str(text).map_err(|e| FieldError(format!("malformed JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| FieldError(format!("malformed JSON: {e}")))?;
     let Value::Object(mut params) = value else {
         return Err(FieldError("request must be a JSON object".into()));
     };
@@ -55,12 +60,21 @@ pub fn parse_envelope(body: &[u8], max: usize) -> Result<Envelope, FieldError> {
         Some(_) => return err("trace_id", "must be a string"),
     };
     let approval = params.remove("approval");
-    Ok(Envelope { trace_id, approval, params })
+    Ok(Envelope {
+        trace_id,
+        approval,
+        params,
+    })
 }
 
 /// `[A-Za-z0-9_-]{1,64}`
 pub fn trace_id(t: &str) -> Result<String, FieldError> {
-    if t.is_empty() || t.len() > 64 || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if t.is_empty()
+        || t.len() > 64
+        || !t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return err("trace_id", "must match [A-Za-z0-9_-]{1,64}");
     }
     Ok(t.to_owned())
@@ -72,15 +86,23 @@ pub fn user_name(field: &str, u: &str) -> Result<(), FieldError> {
     let ok = !b.is_empty()
         && b.len() <= 32
         && b[0].is_ascii_lowercase()
-        && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
-    if ok { Ok(()) } else { err(field, "must match ^[a-z][a-z0-9_-]{0,31}$") }
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
+    if ok {
+        Ok(())
+    } else {
+        err(field, "must match ^[a-z][a-z0-9_-]{0,31}$")
+    }
 }
 
 /// Standard base64 decoding to exactly `len` bytes (`len` = 32: a WireGuard key).
 pub fn base64_exact(field: &str, s: &str, len: usize) -> Result<Vec<u8>, FieldError> {
     match base64::engine::general_purpose::STANDARD.decode(s) {
         Ok(b) if b.len() == len => Ok(b),
-        Ok(b) => err(field, format!("must be {len} bytes of base64, got {} bytes", b.len())),
+        Ok(b) => err(
+            field,
+            format!("must be {len} bytes of base64, got {} bytes", b.len()),
+        ),
         Err(_) => err(field, "is not valid base64"),
     }
 }
@@ -89,7 +111,10 @@ pub fn base64_exact(field: &str, s: &str, len: usize) -> Result<Vec<u8>, FieldEr
 pub fn base64_range(field: &str, s: &str, min: usize, max: usize) -> Result<Vec<u8>, FieldError> {
     match base64::engine::general_purpose::STANDARD.decode(s) {
         Ok(b) if (min..=max).contains(&b.len()) => Ok(b),
-        Ok(b) => err(field, format!("must be {min}..={max} bytes of base64, got {}", b.len())),
+        Ok(b) => err(
+            field,
+            format!("must be {min}..={max} bytes of base64, got {}", b.len()),
+        ),
         Err(_) => err(field, "is not valid base64"),
     }
 }
@@ -103,12 +128,15 @@ pub fn cidr(field: &str, s: &str) -> Result<IpNet, FieldError> {
 }
 
 pub fn ip(field: &str, s: &str) -> Result<IpAddr, FieldError> {
-    s.parse().or_else(|_| err(field, format!("{s:?} is not an IP address")))
+    s.parse()
+        .or_else(|_| err(field, format!("{s:?} is not an IP address")))
 }
 
 /// `host:port` with a DNS name or IP host and port 1..=65535.
 pub fn endpoint(field: &str, s: &str) -> Result<(), FieldError> {
-    let Some((host, port)) = s.rsplit_once(':') else { return err(field, "must be host:port") };
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return err(field, "must be host:port");
+    };
     match port.parse::<u16>() {
         Ok(p) if p > 0 => {}
         _ => return err(field, "port must be 1..=65535"),
@@ -117,9 +145,16 @@ pub fn endpoint(field: &str, s: &str) -> Result<(), FieldError> {
     let dns_ok = !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') && !l.starts_with('-')
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                && !l.starts_with('-')
         });
-    if dns_ok || host.parse::<IpAddr>().is_ok() { Ok(()) } else { err(field, format!("{host:?} is not a host name or IP")) }
+    if dns_ok || host.parse::<IpAddr>().is_ok() {
+        Ok(())
+    } else {
+        err(field, format!("{host:?} is not a host name or IP"))
+    }
 }
 
 // ---- per-command parameters (deny unknown fields; serde names the field) ----
@@ -185,7 +220,11 @@ pub struct SpaUserSet {
 /// `tcp/443` or `udp/53`.
 pub fn proto_port(field: &str, s: &str) -> Result<(), FieldError> {
     match s.split_once('/') {
-        Some(("tcp" | "udp", p)) if p.parse::<u16>().is_ok_and(|p| p > 0) && !p.starts_with('0') => Ok(()),
+        Some(("tcp" | "udp", p))
+            if p.parse::<u16>().is_ok_and(|p| p > 0) && !p.starts_with('0') =>
+        {
+            Ok(())
+        }
         _ => err(field, format!("{s:?} is not tcp/<port> or udp/<port>")),
     }
 }
@@ -203,7 +242,12 @@ fn ipv4_cidrs(field: &str, list: &[String], max: usize) -> Result<(), FieldError
 }
 
 fn word(field: &str, s: &str) -> Result<(), FieldError> {
-    if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
+    if s.is_empty()
+        || s.len() > 16
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
         return err(field, "must be a short lowercase name");
     }
     Ok(())
@@ -227,7 +271,9 @@ pub struct KeyRemove {
 }
 
 /// Present-but-null → `Some(None)` (clear), absent → `None` (keep).
-fn double<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+fn double<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
@@ -235,17 +281,41 @@ fn double<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigSet {
-    #[serde(default, deserialize_with = "double", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub siem_endpoint: Option<Option<String>>,
-    #[serde(default, deserialize_with = "double", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub backend: Option<Option<Vec<String>>>,
-    #[serde(default, deserialize_with = "double", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub dns: Option<Option<Vec<String>>>,
-    #[serde(default, deserialize_with = "double", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub idle_timeout_secs: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "double", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub auth_timeout_secs: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "double", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub rpc_timeout_secs: Option<Option<u64>>,
 }
 
@@ -274,30 +344,48 @@ pub enum Params {
     KeyAdd(KeyAdd),
     KeyRemove(KeyRemove),
     ConfigSet(ConfigSet),
-    PullLogs { since: i64, until: i64, limit: usize },
+    PullLogs {
+        since: i64,
+        until: i64,
+        limit: usize,
+    },
 }
 
 fn typed<T: serde::de::DeserializeOwned>(params: &Map<String, Value>) -> Result<T, FieldError> {
-    serde_json::from_value(Value::Object(params.clone())).map_err(|e| FieldError(format!("invalid parameters: {e}")))
+    serde_json::from_value(Value::Object(params.clone()))
+        .map_err(|e| FieldError(format!("invalid parameters: {e}")))
 }
 
 fn secs(field: &str, v: u64, max: u64) -> Result<(), FieldError> {
-    if v == 0 || v > max { err(field, format!("must be 1..={max} seconds")) } else { Ok(()) }
+    if v == 0 || v > max {
+        err(field, format!("must be 1..={max} seconds"))
+    } else {
+        Ok(())
+    }
 }
 
 /// Time as RFC 3339 or Unix seconds.
 pub fn time_value(field: &str, v: &Value) -> Result<i64, FieldError> {
     match v {
-        Value::Number(n) => n.as_i64().filter(|s| (0..=253402300799).contains(s)).map_or_else(|| err(field, "out of range"), Ok),
-        Value::String(s) => time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-            .map(|t| t.unix_timestamp())
-            .or_else(|_| err(field, "must be RFC 3339 or Unix seconds")),
+        Value::Number(n) => n
+            .as_i64()
+            .filter(|s| (0..=253402300799).contains(s))
+            .map_or_else(|| err(field, "out of range"), Ok),
+        Value::String(s) => {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map(|t| t.unix_timestamp())
+                .or_else(|_| err(field, "must be RFC 3339 or Unix seconds"))
+        }
         _ => err(field, "must be RFC 3339 or Unix seconds"),
     }
 }
 
 /// Strictly validates `params` for `command` (already known to exist).
-pub fn validate_params(command: &str, params: &Map<String, Value>, now: i64) -> Result<Params, FieldError> {
+pub fn validate_params(
+    command: &str,
+    params: &Map<String, Value>,
+    now: i64,
+) -> Result<Params, FieldError> {
     Ok(match command {
         "vpn_user_create" => {
             let p: VpnUserCreate = typed(params)?;
@@ -361,8 +449,10 @@ pub fn validate_params(command: &str, params: &Map<String, Value>, now: i64) -> 
             if p.key.len() > 1024 {
                 return err("key", "longer than 1024 bytes");
             }
-            crate::keys::parse_ed25519_line(&p.key).map_err(|e| FieldError(format!("invalid field \"key\": {e}")))?;
-            crate::scope::Scopes::parse(&p.scopes).map_err(|e| FieldError(format!("invalid field \"scopes\": {e}")))?;
+            crate::keys::parse_ed25519_line(&p.key)
+                .map_err(|e| FieldError(format!("invalid field \"key\": {e}")))?;
+            crate::scope::Scopes::parse(&p.scopes)
+                .map_err(|e| FieldError(format!("invalid field \"scopes\": {e}")))?;
             if let Some(c) = &p.comment {
                 if c.len() > 128 || c.chars().any(char::is_control) {
                     return err("comment", "at most 128 printable characters");
@@ -373,7 +463,10 @@ pub fn validate_params(command: &str, params: &Map<String, Value>, now: i64) -> 
         "control_key_remove" => {
             let p: KeyRemove = typed(params)?;
             if !p.fingerprint.starts_with("SHA256:") || p.fingerprint.len() > 80 {
-                return err("fingerprint", "must be SHA256:... as ssh-keygen -lf prints it");
+                return err(
+                    "fingerprint",
+                    "must be SHA256:... as ssh-keygen -lf prints it",
+                );
             }
             Params::KeyRemove(p)
         }
@@ -414,8 +507,18 @@ pub fn validate_params(command: &str, params: &Map<String, Value>, now: i64) -> 
         }
         "pull_logs" => {
             let p: PullLogs = typed(params)?;
-            let since = p.since.as_ref().map(|v| time_value("since", v)).transpose()?.unwrap_or(now - 3600);
-            let until = p.until.as_ref().map(|v| time_value("until", v)).transpose()?.unwrap_or(now + 1);
+            let since = p
+                .since
+                .as_ref()
+                .map(|v| time_value("since", v))
+                .transpose()?
+                .unwrap_or(now - 3600);
+            let until = p
+                .until
+                .as_ref()
+                .map(|v| time_value("until", v))
+                .transpose()?
+                .unwrap_or(now + 1);
             if until < since {
                 return err("until", "is before since");
             }
@@ -423,7 +526,11 @@ pub fn validate_params(command: &str, params: &Map<String, Value>, now: i64) -> 
             if limit == 0 || limit > 10_000 {
                 return err("limit", "must be 1..=10000");
             }
-            Params::PullLogs { since, until, limit: limit as usize }
+            Params::PullLogs {
+                since,
+                until,
+                limit: limit as usize,
+            }
         }
         _ => {
             let _: Empty = typed(params)?;
@@ -435,8 +542,12 @@ pub fn validate_params(command: &str, params: &Map<String, Value>, now: i64) -> 
 /// Field names whose values never reach logs.
 pub fn is_secret_field(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    n.contains("key") && n != "public_key" || n.contains("token") || n.contains("secret") || n.contains("password")
-        || n == "signature" || n == "approval"
+    n.contains("key") && n != "public_key"
+        || n.contains("token")
+        || n.contains("secret")
+        || n.contains("password")
+        || n == "signature"
+        || n == "approval"
 }
 
 /// A copy of `v` with secret fields replaced by `"<redacted>"` (recursively).
@@ -444,7 +555,16 @@ pub fn redact(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
             m.iter()
-                .map(|(k, v)| (k.clone(), if is_secret_field(k) { Value::String("<redacted>".into()) } else { redact(v) }))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        if is_secret_field(k) {
+                            Value::String("<redacted>".into())
+                        } else {
+                            redact(v)
+                        },
+                    )
+                })
                 .collect(),
         ),
         Value::Array(a) => Value::Array(a.iter().map(redact).collect()),
@@ -468,32 +588,77 @@ mod tests {
         let e = parse_envelope(br#"{"trace_id":"abc-1_2","user":"x"}"#, 100).unwrap();
         assert_eq!(e.trace_id.as_deref(), Some("abc-1_2"));
         assert_eq!(e.params.len(), 1);
-        assert!(parse_envelope(br#"{"trace_id":"a b"}"#, 100).unwrap_err().0.contains("trace_id"));
-        assert!(parse_envelope(b"[1]", 100).unwrap_err().0.contains("object"));
-        assert!(parse_envelope(b"{", 100).unwrap_err().0.contains("malformed"));
-        assert!(parse_envelope(&[b' '; 11], 10).unwrap_err().0.contains("larger"));
+        assert!(parse_envelope(br#"{"trace_id":"a b"}"#, 100)
+            .unwrap_err()
+            .0
+            .contains("trace_id"));
+        assert!(parse_envelope(b"[1]", 100)
+            .unwrap_err()
+            .0
+            .contains("object"));
+        assert!(parse_envelope(b"{", 100)
+            .unwrap_err()
+            .0
+            .contains("malformed"));
+        assert!(parse_envelope(&[b' '; 11], 10)
+            .unwrap_err()
+            .0
+            .contains("larger"));
         assert!(trace_id(&"a".repeat(65)).is_err() && trace_id(&"a".repeat(64)).is_ok());
     }
 
     #[test]
     fn validators_name_the_field() {
         let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-        assert!(validate_params("vpn_user_create", &obj(json!({"user":"alice","public_key":key})), 0).is_ok());
-        let e = validate_params("vpn_user_create", &obj(json!({"user":"Alice","public_key":key})), 0).unwrap_err();
+        assert!(validate_params(
+            "vpn_user_create",
+            &obj(json!({"user":"alice","public_key":key})),
+            0
+        )
+        .is_ok());
+        let e = validate_params(
+            "vpn_user_create",
+            &obj(json!({"user":"Alice","public_key":key})),
+            0,
+        )
+        .unwrap_err();
         assert!(e.0.contains("\"user\""), "{e}");
-        let e = validate_params("vpn_user_create", &obj(json!({"user":"alice","public_key":"AAAA"})), 0).unwrap_err();
+        let e = validate_params(
+            "vpn_user_create",
+            &obj(json!({"user":"alice","public_key":"AAAA"})),
+            0,
+        )
+        .unwrap_err();
         assert!(e.0.contains("public_key"), "{e}");
-        let e = validate_params("vpn_user_create", &obj(json!({"user":"alice","public_key":key,"x":1})), 0).unwrap_err();
+        let e = validate_params(
+            "vpn_user_create",
+            &obj(json!({"user":"alice","public_key":key,"x":1})),
+            0,
+        )
+        .unwrap_err();
         assert!(e.0.contains("unknown field `x`"), "{e}");
-        let e = validate_params("update_ccd", &obj(json!({"user":"bob","allowed":["10.0.0.1/24"]})), 0).unwrap_err();
+        let e = validate_params(
+            "update_ccd",
+            &obj(json!({"user":"bob","allowed":["10.0.0.1/24"]})),
+            0,
+        )
+        .unwrap_err();
         assert!(e.0.contains("host bits"), "{e}");
-        let e = validate_params("config_set", &obj(json!({"siem_endpoint":"siem:0"})), 0).unwrap_err();
+        let e =
+            validate_params("config_set", &obj(json!({"siem_endpoint":"siem:0"})), 0).unwrap_err();
         assert!(e.0.contains("siem_endpoint"), "{e}");
         assert!(validate_params("config_set", &obj(json!({"backend":null})), 0).is_ok());
         assert!(validate_params("health", &obj(json!({"extra":1})), 0).is_err());
-        assert!(user_name("u", &"a".repeat(32)).is_ok() && user_name("u", &"a".repeat(33)).is_err());
+        assert!(
+            user_name("u", &"a".repeat(32)).is_ok() && user_name("u", &"a".repeat(33)).is_err()
+        );
         assert!(user_name("u", "1a").is_err());
-        let p = validate_params("pull_logs", &obj(json!({"since":"2026-01-01T00:00:00Z","limit":5})), 100).unwrap_err();
+        let p = validate_params(
+            "pull_logs",
+            &obj(json!({"since":"2026-01-01T00:00:00Z","limit":5})),
+            100,
+        )
+        .unwrap_err();
         assert!(p.0.contains("until"), "{p}");
     }
 

@@ -30,33 +30,123 @@ pub struct CommandSpec {
     pub summary: &'static str,
 }
 
-const fn c(name: &'static str, scope: &'static str, risky: bool, summary: &'static str) -> CommandSpec {
-    CommandSpec { name, scope: Some(scope), risky, summary }
+const fn c(
+    name: &'static str,
+    scope: &'static str,
+    risky: bool,
+    summary: &'static str,
+) -> CommandSpec {
+    CommandSpec {
+        name,
+        scope: Some(scope),
+        risky,
+        summary,
+    }
 }
 
 pub const COMMANDS: &[CommandSpec] = &[
-    CommandSpec { name: "help", scope: None, risky: false, summary: "commands this key may call" },
-    c("health", "health:read", false, "control health, host key fingerprint, peer services"),
-    c("vpn_user_create", "vpn:write", false, "add a VPN user (WireGuard public key)"),
+    CommandSpec {
+        name: "help",
+        scope: None,
+        risky: false,
+        summary: "commands this key may call",
+    },
+    c(
+        "health",
+        "health:read",
+        false,
+        "control health, host key fingerprint, peer services",
+    ),
+    c(
+        "vpn_user_create",
+        "vpn:write",
+        false,
+        "add a VPN user (WireGuard public key)",
+    ),
     c("vpn_user_delete", "vpn:write", false, "remove a VPN user"),
     c("vpn_user_list", "vpn:read", false, "list VPN users"),
     c("vpn_status", "vpn:read", false, "VPN service status"),
-    c("update_ccd", "vpn:write", false, "set a VPN user's routes and DNS"),
-    c("spa_user_set", "spa:write", false, "add or replace an SPA user's keys"),
+    c(
+        "update_ccd",
+        "vpn:write",
+        false,
+        "set a VPN user's routes and DNS",
+    ),
+    c(
+        "spa_user_set",
+        "spa:write",
+        false,
+        "add or replace an SPA user's keys",
+    ),
     c("spa_user_delete", "spa:write", false, "remove an SPA user"),
     c("spa_user_list", "spa:read", false, "list SPA users"),
-    c("control_key_add", "keys:write", true, "add a control key with scopes"),
-    c("control_key_remove", "keys:write", true, "remove a control key added at runtime"),
-    c("control_key_list", "keys:write", false, "list control keys and their scopes"),
-    c("config_get", "config:read", false, "runtime config overrides and effective values"),
-    c("config_set", "config:write", false, "set runtime config overrides"),
-    c("pull_logs", "logs:read", false, "audit records for a time window"),
+    c(
+        "control_key_add",
+        "keys:write",
+        true,
+        "add a control key with scopes",
+    ),
+    c(
+        "control_key_remove",
+        "keys:write",
+        true,
+        "remove a control key added at runtime",
+    ),
+    c(
+        "control_key_list",
+        "keys:write",
+        false,
+        "list control keys and their scopes",
+    ),
+    c(
+        "config_get",
+        "config:read",
+        false,
+        "runtime config overrides and effective values",
+    ),
+    c(
+        "config_set",
+        "config:write",
+        false,
+        "set runtime config overrides",
+    ),
+    c(
+        "pull_logs",
+        "logs:read",
+        false,
+        "audit records for a time window",
+    ),
     c("reboot", "admin", true, "ask init to reboot the gateway"),
-    c("spawn_browser_container", "sessions:write", false, "not available in this release"),
-    c("terminate_session", "sessions:write", false, "not available in this release"),
-    c("update_apply", "update:write", true, "not available in this release"),
-    c("update_status", "update:write", false, "not available in this release"),
-    c("update_rollback", "update:write", true, "not available in this release"),
+    c(
+        "spawn_browser_container",
+        "sessions:write",
+        false,
+        "not available in this release",
+    ),
+    c(
+        "terminate_session",
+        "sessions:write",
+        false,
+        "not available in this release",
+    ),
+    c(
+        "update_apply",
+        "update:write",
+        true,
+        "not available in this release",
+    ),
+    c(
+        "update_status",
+        "update:write",
+        false,
+        "not available in this release",
+    ),
+    c(
+        "update_rollback",
+        "update:write",
+        true,
+        "not available in this release",
+    ),
 ];
 
 pub fn command(name: &str) -> Option<&'static CommandSpec> {
@@ -73,7 +163,10 @@ impl Scopes {
         let mut set = BTreeSet::new();
         for s in list {
             if !SCOPES.contains(&s.as_str()) {
-                return Err(format!("unknown scope {s:?} (known: {})", SCOPES.join(", ")));
+                return Err(format!(
+                    "unknown scope {s:?} (known: {})",
+                    SCOPES.join(", ")
+                ));
             }
             set.insert(s.clone());
         }
@@ -114,7 +207,9 @@ mod tests {
         assert!(!ro.allows(command("vpn_user_create").unwrap()));
         assert!(ro.allows(command("help").unwrap()));
         assert!(admin.covers(&ro) && !ro.covers(&admin));
-        assert!(Scopes::parse(&["root".into()]).unwrap_err().contains("root"));
+        assert!(Scopes::parse(&["root".into()])
+            .unwrap_err()
+            .contains("root"));
         assert!(Scopes::parse(&[]).is_err());
         for c in COMMANDS {
             if let Some(s) = c.scope {

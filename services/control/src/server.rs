@@ -27,12 +27,15 @@ pub const USER: &str = "gwctl";
 pub fn host_key(state_dir: &std::path::Path) -> anyhow::Result<PrivateKey> {
     let path = state_dir.join("ssh_host_ed25519_key");
     match std::fs::read_to_string(&path) {
-        Ok(pem) => PrivateKey::from_openssh(pem.as_bytes()).map_err(|e| anyhow::anyhow!("host key {}: {e}", path.display())),
+        Ok(pem) => PrivateKey::from_openssh(pem.as_bytes())
+            .map_err(|e| anyhow::anyhow!("host key {}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let seed: [u8; 32] = rand::random();
             let kp = russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&seed);
             let key = PrivateKey::from(kp);
-            let pem = key.to_openssh(russh::keys::ssh_key::LineEnding::LF).map_err(|e| anyhow::anyhow!("encoding host key: {e}"))?;
+            let pem = key
+                .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+                .map_err(|e| anyhow::anyhow!("encoding host key: {e}"))?;
             gwos_core::state::write_atomic(&path, pem.as_bytes())?;
             Ok(key)
         }
@@ -42,7 +45,10 @@ pub fn host_key(state_dir: &std::path::Path) -> anyhow::Result<PrivateKey> {
 
 fn russh_config(ctl: &Control, host: &PrivateKey) -> russh::server::Config {
     let eff = ctl.effective();
-    let preferred = russh::Preferred { key: Cow::Owned(vec![Algorithm::Ed25519]), ..Default::default() };
+    let preferred = russh::Preferred {
+        key: Cow::Owned(vec![Algorithm::Ed25519]),
+        ..Default::default()
+    };
     russh::server::Config {
         server_id: russh::SshId::Standard("SSH-2.0-gwos-control".into()),
         methods: MethodSet::from(&[MethodKind::PublicKey][..]),
@@ -58,18 +64,28 @@ fn russh_config(ctl: &Control, host: &PrivateKey) -> russh::server::Config {
 }
 
 fn fields(pairs: &[(&str, Value)]) -> Map<String, Value> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
 }
 
 /// Accepts connections until the listener fails.
-pub async fn serve(ctl: Arc<Control>, listener: TcpListener, host: PrivateKey) -> anyhow::Result<()> {
+pub async fn serve(
+    ctl: Arc<Control>,
+    listener: TcpListener,
+    host: PrivateKey,
+) -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(ctl.site.max_sessions));
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: report, back off, keep serving.
-                gwos_core::emit(&gwos_core::Event::new("control", "control.accept_error").field("error", e.to_string()));
+                gwos_core::emit(
+                    &gwos_core::Event::new("control", "control.accept_error")
+                        .field("error", e.to_string()),
+                );
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
@@ -78,7 +94,10 @@ pub async fn serve(ctl: Arc<Control>, listener: TcpListener, host: PrivateKey) -
         if !crate::config::is_backend(&eff.backend, peer.ip()) {
             ctl.audit.record(
                 "control.connection_refused",
-                fields(&[("source_ip", json!(peer.ip().to_string())), ("reason", json!("source not in the backend set"))]),
+                fields(&[
+                    ("source_ip", json!(peer.ip().to_string())),
+                    ("reason", json!("source not in the backend set")),
+                ]),
             );
             drop(sock);
             continue;
@@ -86,7 +105,10 @@ pub async fn serve(ctl: Arc<Control>, listener: TcpListener, host: PrivateKey) -
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             ctl.audit.record(
                 "control.connection_refused",
-                fields(&[("source_ip", json!(peer.ip().to_string())), ("reason", json!("max_sessions reached"))]),
+                fields(&[
+                    ("source_ip", json!(peer.ip().to_string())),
+                    ("reason", json!("max_sessions reached")),
+                ]),
             );
             drop(sock);
             continue;
@@ -112,7 +134,11 @@ pub async fn serve(ctl: Arc<Control>, listener: TcpListener, host: PrivateKey) -
                     tokio::time::sleep(auth_timeout).await;
                     if !authed.load(Ordering::Relaxed) {
                         let _ = handle
-                            .disconnect(russh::Disconnect::ByApplication, "authentication timeout".into(), String::new())
+                            .disconnect(
+                                russh::Disconnect::ByApplication,
+                                "authentication timeout".into(),
+                                String::new(),
+                            )
                             .await;
                     }
                 });
@@ -165,8 +191,18 @@ impl Conn {
         let reason = if user != USER {
             Some(format!("user {:?} is not {USER}", sanitize(user, 64)))
         } else if key.algorithm() != Algorithm::Ed25519 {
-            Some(format!("{} keys are refused (ed25519 only)", key.algorithm()))
-        } else if self.ctl.keys.lock().unwrap_or_else(|p| p.into_inner()).find(&fp).is_none() {
+            Some(format!(
+                "{} keys are refused (ed25519 only)",
+                key.algorithm()
+            ))
+        } else if self
+            .ctl
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .find(&fp)
+            .is_none()
+        {
             Some("unknown key".into())
         } else {
             None
@@ -175,7 +211,10 @@ impl Conn {
             None => Auth::Accept,
             Some(r) => {
                 self.attempts.push(json!({"method": method, "user": sanitize(user, 64), "key_fingerprint": fp, "reason": r}));
-                Auth::Reject { proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])), partial_success: false }
+                Auth::Reject {
+                    proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+                    partial_success: false,
+                }
             }
         }
     }
@@ -184,7 +223,10 @@ impl Conn {
         if self.attempts.len() < 32 {
             self.attempts.push(json!({"method": method, "user": sanitize(user, 64), "reason": "only publickey is accepted"}));
         }
-        Auth::Reject { proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])), partial_success: false }
+        Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+            partial_success: false,
+        }
     }
 
     fn refused(&self, what: &str, detail: Value) {
@@ -196,7 +238,13 @@ impl Conn {
         ]);
         if let Some(c) = &self.caller {
             f.insert("key_fingerprint".into(), json!(c.fingerprint));
-            if let Some(k) = self.ctl.keys.lock().unwrap_or_else(|p| p.into_inner()).find(&c.fingerprint) {
+            if let Some(k) = self
+                .ctl
+                .keys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .find(&c.fingerprint)
+            {
                 f.insert("key_comment".into(), json!(k.comment));
             }
         }
@@ -204,7 +252,13 @@ impl Conn {
     }
 
     /// Refuses a channel request that would replace `exec` and closes the channel.
-    fn refuse_and_close(&mut self, channel: ChannelId, what: &str, detail: Value, session: &mut Session) -> Result<(), anyhow::Error> {
+    fn refuse_and_close(
+        &mut self,
+        channel: ChannelId,
+        what: &str,
+        detail: Value,
+        session: &mut Session,
+    ) -> Result<(), anyhow::Error> {
         self.refused(what, detail);
         session.channel_failure(channel)?;
         if let Some(c) = self.channels.get_mut(&channel) {
@@ -217,7 +271,9 @@ impl Conn {
     }
 
     fn answer(&mut self, channel: ChannelId, session: &mut Session) {
-        let Some(chan) = self.channels.get_mut(&channel) else { return };
+        let Some(chan) = self.channels.get_mut(&channel) else {
+            return;
+        };
         if chan.done || chan.command.is_none() {
             return;
         }
@@ -228,7 +284,9 @@ impl Conn {
             overflow: chan.overflow,
             refused_env: std::mem::take(&mut chan.env),
         };
-        let Some(caller) = self.caller.clone() else { return };
+        let Some(caller) = self.caller.clone() else {
+            return;
+        };
         let ctl = self.ctl.clone();
         let handle = session.handle();
         tokio::spawn(async move {
@@ -267,24 +325,39 @@ impl russh::server::Handler for Conn {
         Ok(self.refuse_attempt("keyboard-interactive", user))
     }
 
-    async fn auth_openssh_certificate(&mut self, user: &str, _c: &russh::keys::Certificate) -> Result<Auth, Self::Error> {
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        _c: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
         Ok(self.refuse_attempt("openssh-certificate", user))
     }
 
-    async fn auth_publickey_offered(&mut self, user: &str, key: &PublicKey) -> Result<Auth, Self::Error> {
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        key: &PublicKey,
+    ) -> Result<Auth, Self::Error> {
         Ok(self.check_key("publickey", user, key))
     }
 
     async fn auth_publickey(&mut self, user: &str, key: &PublicKey) -> Result<Auth, Self::Error> {
         let auth = self.check_key("publickey", user, key);
         if matches!(auth, Auth::Accept) {
-            self.caller = Some(Caller { fingerprint: fingerprint(key), source: self.peer.ip() });
+            self.caller = Some(Caller {
+                fingerprint: fingerprint(key),
+                source: self.peer.ip(),
+            });
             self.authed.store(true, Ordering::Relaxed);
         }
         Ok(auth)
     }
 
-    async fn channel_open_session(&mut self, channel: Channel<Msg>, _s: &mut Session) -> Result<bool, Self::Error> {
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        _s: &mut Session,
+    ) -> Result<bool, Self::Error> {
         if self.caller.is_none() {
             return Ok(false);
         }
@@ -292,8 +365,17 @@ impl russh::server::Handler for Conn {
         Ok(true)
     }
 
-    async fn channel_open_x11(&mut self, _c: Channel<Msg>, addr: &str, port: u32, _s: &mut Session) -> Result<bool, Self::Error> {
-        self.refused("x11 channel", json!({"originator": format!("{}:{port}", sanitize(addr, 64))}));
+    async fn channel_open_x11(
+        &mut self,
+        _c: Channel<Msg>,
+        addr: &str,
+        port: u32,
+        _s: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refused(
+            "x11 channel",
+            json!({"originator": format!("{}:{port}", sanitize(addr, 64))}),
+        );
         Ok(false)
     }
 
@@ -306,7 +388,10 @@ impl russh::server::Handler for Conn {
         _op: u32,
         _s: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.refused("direct-tcpip", json!({"target": format!("{}:{port}", sanitize(host, 128))}));
+        self.refused(
+            "direct-tcpip",
+            json!({"target": format!("{}:{port}", sanitize(host, 128))}),
+        );
         Ok(false)
     }
 
@@ -319,26 +404,50 @@ impl russh::server::Handler for Conn {
         _op: u32,
         _s: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.refused("forwarded-tcpip", json!({"target": format!("{}:{port}", sanitize(host, 128))}));
+        self.refused(
+            "forwarded-tcpip",
+            json!({"target": format!("{}:{port}", sanitize(host, 128))}),
+        );
         Ok(false)
     }
 
-    async fn channel_open_direct_streamlocal(&mut self, _c: Channel<Msg>, path: &str, _s: &mut Session) -> Result<bool, Self::Error> {
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _c: Channel<Msg>,
+        path: &str,
+        _s: &mut Session,
+    ) -> Result<bool, Self::Error> {
         self.refused("direct-streamlocal", json!({"path": sanitize(path, 256)}));
         Ok(false)
     }
 
-    async fn tcpip_forward(&mut self, address: &str, port: &mut u32, _s: &mut Session) -> Result<bool, Self::Error> {
-        self.refused("tcpip-forward", json!({"listen": format!("{}:{}", sanitize(address, 128), port)}));
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _s: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refused(
+            "tcpip-forward",
+            json!({"listen": format!("{}:{}", sanitize(address, 128), port)}),
+        );
         Ok(false)
     }
 
-    async fn streamlocal_forward(&mut self, path: &str, _s: &mut Session) -> Result<bool, Self::Error> {
+    async fn streamlocal_forward(
+        &mut self,
+        path: &str,
+        _s: &mut Session,
+    ) -> Result<bool, Self::Error> {
         self.refused("streamlocal-forward", json!({"path": sanitize(path, 256)}));
         Ok(false)
     }
 
-    async fn agent_request(&mut self, channel: ChannelId, _s: &mut Session) -> Result<bool, Self::Error> {
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        _s: &mut Session,
+    ) -> Result<bool, Self::Error> {
         self.refused("auth-agent", json!({"channel": channel.to_string()}));
         Ok(false)
     }
@@ -369,10 +478,21 @@ impl russh::server::Handler for Conn {
         _m: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.refuse_and_close(channel, "pty-req", json!({"term": sanitize(term, 64)}), session)
+        self.refuse_and_close(
+            channel,
+            "pty-req",
+            json!({"term": sanitize(term, 64)}),
+            session,
+        )
     }
 
-    async fn env_request(&mut self, channel: ChannelId, name: &str, _value: &str, session: &mut Session) -> Result<(), Self::Error> {
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         // Debian's ssh_config sends LANG/LC_*: refuse quietly, note it in the call's record.
         if let Some(c) = self.channels.get_mut(&channel) {
             if c.env.len() < 32 {
@@ -383,15 +503,34 @@ impl russh::server::Handler for Conn {
         Ok(())
     }
 
-    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         self.refuse_and_close(channel, "shell", Value::Null, session)
     }
 
-    async fn subsystem_request(&mut self, channel: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
-        self.refuse_and_close(channel, "subsystem", json!({"name": sanitize(name, 64)}), session)
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_and_close(
+            channel,
+            "subsystem",
+            json!({"name": sanitize(name, 64)}),
+            session,
+        )
     }
 
-    async fn exec_request(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         let ok = match self.channels.get_mut(&channel) {
             Some(c) if !c.done && c.command.is_none() => {
                 let cmd = String::from_utf8_lossy(&data[..data.len().min(256)]).into_owned();
@@ -408,7 +547,12 @@ impl russh::server::Handler for Conn {
         Ok(())
     }
 
-    async fn data(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         let max = self.ctl.site.max_request_bytes;
         let overflow = match self.channels.get_mut(&channel) {
             Some(c) if !c.done && c.command.is_some() => {
@@ -429,12 +573,20 @@ impl russh::server::Handler for Conn {
         Ok(())
     }
 
-    async fn channel_eof(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         self.answer(channel, session);
         Ok(())
     }
 
-    async fn channel_close(&mut self, channel: ChannelId, _s: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _s: &mut Session,
+    ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
         Ok(())
     }

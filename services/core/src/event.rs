@@ -18,7 +18,12 @@ pub struct Event {
 
 impl Event {
     pub fn new(service: &str, kind: &str) -> Self {
-        Self { time: now_rfc3339(), service: service.into(), kind: kind.into(), fields: Map::new() }
+        Self {
+            time: now_rfc3339(),
+            service: service.into(),
+            kind: kind.into(),
+            fields: Map::new(),
+        }
     }
 
     pub fn field(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -57,7 +62,9 @@ mod tests {
 
     #[test]
     fn event_is_one_json_line_with_fields() {
-        let e = Event::new("spa", "spa.deny").field("source", "10.0.0.2").field("reason", "hmac");
+        let e = Event::new("spa", "spa.deny")
+            .field("source", "10.0.0.2")
+            .field("reason", "hmac");
         let line = e.to_line();
         assert!(!line.contains('\n'));
         let v: Value = serde_json::from_str(&line).unwrap();

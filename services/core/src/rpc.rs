@@ -40,10 +40,18 @@ pub struct Response {
 
 impl Response {
     pub fn ok(result: Value) -> Self {
-        Self { ok: true, result, error: None }
+        Self {
+            ok: true,
+            result,
+            error: None,
+        }
     }
     pub fn err(msg: impl Into<String>) -> Self {
-        Self { ok: false, result: Value::Null, error: Some(msg.into()) }
+        Self {
+            ok: false,
+            result: Value::Null,
+            error: Some(msg.into()),
+        }
     }
 }
 
@@ -68,7 +76,8 @@ pub async fn serve(path: &Path, allowed_uids: Vec<u32>, handler: Handler) -> Res
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     let allowed = Arc::new(allowed_uids);
@@ -82,19 +91,32 @@ pub async fn serve(path: &Path, allowed_uids: Vec<u32>, handler: Handler) -> Res
     }
 }
 
-async fn serve_conn(stream: tokio::net::UnixStream, allowed: &[u32], handler: Handler) -> Result<()> {
+async fn serve_conn(
+    stream: tokio::net::UnixStream,
+    allowed: &[u32],
+    handler: Handler,
+) -> Result<()> {
     let cred = stream.peer_cred()?;
-    let peer = Peer { uid: cred.uid(), pid: cred.pid() };
+    let peer = Peer {
+        uid: cred.uid(),
+        pid: cred.pid(),
+    };
     let (rd, mut wr) = stream.into_split();
     if !allowed.contains(&peer.uid) {
-        let line = serde_json::to_string(&Response::err(format!("uid {} may not call this service", peer.uid)))?;
+        let line = serde_json::to_string(&Response::err(format!(
+            "uid {} may not call this service",
+            peer.uid
+        )))?;
         wr.write_all(format!("{line}\n").as_bytes()).await?;
         return Ok(());
     }
     let mut rd = TokioBufReader::new(rd);
     loop {
         let mut line = Vec::new();
-        let n = (&mut rd).take(MAX_MESSAGE as u64 + 1).read_until(b'\n', &mut line).await?;
+        let n = (&mut rd)
+            .take(MAX_MESSAGE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
         if n == 0 {
             return Ok(());
         }
@@ -124,43 +146,71 @@ pub const CONTROL_UID: u32 = 804;
 
 /// The fixed uid of each gateway service (rootfs/etc/gwos/services.toml uses
 /// the same; init's tests check that).
-pub const SERVICE_UIDS: &[(&str, u32)] = &[("spa", 801), ("vpn", 802), ("tls-front", 803), ("control", CONTROL_UID)];
+pub const SERVICE_UIDS: &[(&str, u32)] = &[
+    ("spa", 801),
+    ("vpn", 802),
+    ("tls-front", 803),
+    ("control", CONTROL_UID),
+];
 
 /// `/run/gwos` is writable by every service, so a compromised service could
 /// bind another's socket name first. Before sending a request to
 /// `<name>.sock` of a known service, the caller checks that the process
 /// serving it runs as that service's uid (or root, as in host tests).
 fn check_server(path: &Path, stream: &StdUnixStream) -> Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".sock")).unwrap_or("");
-    let Some((_, want)) = SERVICE_UIDS.iter().find(|(n, _)| *n == name) else { return Ok(()) };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".sock"))
+        .unwrap_or("");
+    let Some((_, want)) = SERVICE_UIDS.iter().find(|(n, _)| *n == name) else {
+        return Ok(());
+    };
     let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
         .with_context(|| format!("reading the peer credentials of {}", path.display()))?;
     server_uid_ok(name, *want, cred.uid()).with_context(|| format!("{}", path.display()))
 }
 
 fn server_uid_ok(name: &str, want: u32, uid: u32) -> Result<()> {
-    anyhow::ensure!(uid == want || uid == 0, "served by uid {uid}, not {name}'s uid {want}: refusing to talk to it");
+    anyhow::ensure!(
+        uid == want || uid == 0,
+        "served by uid {uid}, not {name}'s uid {want}: refusing to talk to it"
+    );
     Ok(())
 }
 
 /// Calls `method` on the service socket at `path` (blocking, with a timeout).
-pub fn call(path: &Path, method: &str, params: Value, trace_id: Option<&str>, timeout: Duration) -> Result<Response> {
+pub fn call(
+    path: &Path,
+    method: &str,
+    params: Value,
+    trace_id: Option<&str>,
+    timeout: Duration,
+) -> Result<Response> {
     let stream = StdUnixStream::connect(path)
         .with_context(|| format!("service socket {} unavailable", path.display()))?;
     check_server(path, &stream)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    let req = Request { method: method.into(), params, trace_id: trace_id.map(str::to_owned) };
+    let req = Request {
+        method: method.into(),
+        params,
+        trace_id: trace_id.map(str::to_owned),
+    };
     let mut line = serde_json::to_vec(&req)?;
     line.push(b'\n');
     (&stream).write_all(&line)?;
     let mut reader = BufReader::new((&stream).take(MAX_MESSAGE as u64 + 1));
     let mut buf = Vec::new();
-    reader.read_until(b'\n', &mut buf).context("reading service response")?;
-    anyhow::ensure!(!buf.is_empty(), "service closed the connection without answering");
+    reader
+        .read_until(b'\n', &mut buf)
+        .context("reading service response")?;
+    anyhow::ensure!(
+        !buf.is_empty(),
+        "service closed the connection without answering"
+    );
     serde_json::from_slice(&buf).context("malformed service response")
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -168,7 +218,9 @@ mod tests {
     use serde_json::json;
 
     fn echo() -> Handler {
-        Arc::new(|req: Request, peer: Peer| Response::ok(json!({"method": req.method, "uid": peer.uid})))
+        Arc::new(|req: Request, peer: Peer| {
+            Response::ok(json!({"method": req.method, "uid": peer.uid}))
+        })
     }
 
     #[test]
@@ -185,7 +237,14 @@ mod tests {
         wait_for(&deny_path);
         let r = call(&ok_path, "health", json!({}), None, Duration::from_secs(5)).unwrap();
         assert_eq!(r, Response::ok(json!({"method": "health", "uid": me})));
-        let r = call(&deny_path, "health", json!({}), None, Duration::from_secs(5)).unwrap();
+        let r = call(
+            &deny_path,
+            "health",
+            json!({}),
+            None,
+            Duration::from_secs(5),
+        )
+        .unwrap();
         assert!(!r.ok && r.error.unwrap().contains("may not call"));
     }
 
@@ -226,7 +285,9 @@ mod tests {
     }
 
     fn my_uid() -> u32 {
-        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap()
+        std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .unwrap()
     }
 
     fn wait_for(p: &Path) {

@@ -20,7 +20,9 @@ impl SiteConfig {
     }
 
     pub fn parse(text: &str) -> Result<Self> {
-        Ok(Self { table: text.parse::<toml::Table>()? })
+        Ok(Self {
+            table: text.parse::<toml::Table>()?,
+        })
     }
 
     /// Deserializes section `name`; a missing section yields `T::default()`.

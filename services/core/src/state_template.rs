@@ -27,8 +27,12 @@ pub struct Template<'a> {
 
 /// The non-zero blocks of the file system image `fs` in the template format.
 pub fn encode(fs: &[u8]) -> Vec<u8> {
-    let blocks: Vec<(u64, &[u8])> =
-        fs.chunks(BLOCK).enumerate().filter(|(_, c)| c.iter().any(|&b| b != 0)).map(|(i, c)| (i as u64, c)).collect();
+    let blocks: Vec<(u64, &[u8])> = fs
+        .chunks(BLOCK)
+        .enumerate()
+        .filter(|(_, c)| c.iter().any(|&b| b != 0))
+        .map(|(i, c)| (i as u64, c))
+        .collect();
     let mut out = Vec::with_capacity(HEADER + blocks.len() * (8 + BLOCK));
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(BLOCK as u32).to_le_bytes());
@@ -57,7 +61,10 @@ pub fn parse(t: &[u8], part_size: u64) -> Result<Template<'_>> {
         bail!("template file system ({fs_blocks} blocks) is larger than the partition ({part_size} bytes)");
     }
     if t.len() != HEADER + count * (8 + bs) {
-        bail!("template length {} does not match its {count} records", t.len());
+        bail!(
+            "template length {} does not match its {count} records",
+            t.len()
+        );
     }
     let mut records = Vec::with_capacity(count);
     let mut last: Option<u64> = None;
@@ -98,7 +105,10 @@ mod tests {
         assert_eq!(t.len(), HEADER + 2 * (8 + BLOCK));
         let p = parse(&t, fs.len() as u64).unwrap();
         assert_eq!(p.fs_blocks, 4);
-        assert_eq!(p.records.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(
+            p.records.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
         assert_eq!(p.records[0].1, &fs[BLOCK..2 * BLOCK]);
     }
 

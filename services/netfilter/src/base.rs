@@ -43,7 +43,13 @@ pub struct BaseConfig {
 
 impl Default for BaseConfig {
     fn default() -> Self {
-        Self { backend: Vec::new(), spa_port: 62201, control_port: 2222, tls_port: 443, wg_public_port: None }
+        Self {
+            backend: Vec::new(),
+            spa_port: 62201,
+            control_port: 2222,
+            tls_port: 443,
+            wg_public_port: None,
+        }
     }
 }
 
@@ -59,7 +65,9 @@ impl BaseConfig {
         if let Some(ctl) = raw.get("control").and_then(|v| v.as_table()) {
             if let Some(b) = ctl.get("backend").and_then(|v| v.as_array()) {
                 for x in b {
-                    let s = x.as_str().ok_or_else(|| anyhow::anyhow!("[control] backend entries must be strings"))?;
+                    let s = x.as_str().ok_or_else(|| {
+                        anyhow::anyhow!("[control] backend entries must be strings")
+                    })?;
                     c.backend.push(parse_net(s)?);
                 }
             }
@@ -67,7 +75,11 @@ impl BaseConfig {
                 c.control_port = l.parse::<std::net::SocketAddr>()?.port();
             }
         }
-        if let Some(p) = raw.get("spa").and_then(|v| v.get("port")).and_then(|v| v.as_integer()) {
+        if let Some(p) = raw
+            .get("spa")
+            .and_then(|v| v.get("port"))
+            .and_then(|v| v.as_integer())
+        {
             c.spa_port = u16::try_from(p)?;
         }
         Ok(c)
@@ -79,7 +91,9 @@ pub fn parse_net(s: &str) -> anyhow::Result<IpNet> {
     if let Ok(n) = s.parse::<IpNet>() {
         return Ok(n.trunc());
     }
-    let a: IpAddr = s.parse().map_err(|_| anyhow::anyhow!("{s:?} is not an address or CIDR"))?;
+    let a: IpAddr = s
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{s:?} is not an address or CIDR"))?;
     Ok(IpNet::from(a))
 }
 
@@ -99,11 +113,27 @@ pub fn load(cfg: &BaseConfig) -> Result<(), Error> {
     b.elems(t, SET_BACKEND_V4, &v4, false, false);
     b.elems(t, SET_BACKEND_V6, &v6, false, false);
 
-    b.chain(t, "input", Some((libc::NF_INET_LOCAL_IN as u32, 0, false, "filter")));
-    b.chain(t, "forward", Some((libc::NF_INET_FORWARD as u32, 0, false, "filter")));
-    b.chain(t, "output", Some((libc::NF_INET_LOCAL_OUT as u32, 0, true, "filter")));
+    b.chain(
+        t,
+        "input",
+        Some((libc::NF_INET_LOCAL_IN as u32, 0, false, "filter")),
+    );
+    b.chain(
+        t,
+        "forward",
+        Some((libc::NF_INET_FORWARD as u32, 0, false, "filter")),
+    );
+    b.chain(
+        t,
+        "output",
+        Some((libc::NF_INET_LOCAL_OUT as u32, 0, true, "filter")),
+    );
     b.chain(t, "vpn_forward", None);
-    b.chain(t, "postrouting", Some((libc::NF_INET_POST_ROUTING as u32, 100, true, "nat")));
+    b.chain(
+        t,
+        "postrouting",
+        Some((libc::NF_INET_POST_ROUTING as u32, 100, true, "nat")),
+    );
 
     let rule = |b: &mut Batch, chain: &str, parts: Vec<Vec<crate::nl::Expr>>| {
         let exprs: Vec<_> = parts.into_iter().flatten().collect();
@@ -111,34 +141,55 @@ pub fn load(cfg: &BaseConfig) -> Result<(), Error> {
     };
     // input
     rule(&mut b, "input", vec![iifname("lo"), vec![accept()]]);
-    rule(&mut b, "input", vec![ct_state(CT_ESTABLISHED | CT_RELATED), vec![accept()]]);
+    rule(
+        &mut b,
+        "input",
+        vec![ct_state(CT_ESTABLISHED | CT_RELATED), vec![accept()]],
+    );
     rule(&mut b, "input", vec![ct_state(CT_INVALID), vec![drop()]]);
     // ICMP: echo-request, destination-unreachable, time-exceeded, parameter-problem
     for ty in [8u8, 3, 11, 12] {
-        rule(&mut b, "input", vec![nfproto(NFPROTO_IPV4), l4proto(1), icmp_type(ty), vec![accept()]]);
+        rule(
+            &mut b,
+            "input",
+            vec![
+                nfproto(NFPROTO_IPV4),
+                l4proto(1),
+                icmp_type(ty),
+                vec![accept()],
+            ],
+        );
     }
     // ICMPv6: unreachable, packet-too-big, time-exceeded, parameter-problem, echo-request, RS, RA, NS, NA
     for ty in [1u8, 2, 3, 4, 128, 133, 134, 135, 136] {
-        rule(&mut b, "input", vec![nfproto(NFPROTO_IPV6), l4proto(58), icmp_type(ty), vec![accept()]]);
+        rule(
+            &mut b,
+            "input",
+            vec![
+                nfproto(NFPROTO_IPV6),
+                l4proto(58),
+                icmp_type(ty),
+                vec![accept()],
+            ],
+        );
     }
-    rule(&mut b, "input", vec![l4proto(17), dport(cfg.spa_port), vec![accept()]]);
     rule(
         &mut b,
         "input",
-        vec![nfproto(NFPROTO_IPV4), l4proto(6), dport(cfg.control_port), vec![payload(true, 12, 4, REG_1), lookup(SET_BACKEND_V4, 1, REG_1), accept()]],
+        vec![l4proto(17), dport(cfg.spa_port), vec![accept()]],
     );
-    rule(
-        &mut b,
-        "input",
-        vec![nfproto(NFPROTO_IPV6), l4proto(6), dport(cfg.control_port), vec![payload(true, 8, 16, REG_1), lookup(SET_BACKEND_V6, 2, REG_1), accept()]],
-    );
-    // ip saddr . meta l4proto . th dport @spa_v4 accept
     rule(
         &mut b,
         "input",
         vec![
             nfproto(NFPROTO_IPV4),
-            vec![payload(true, 12, 4, reg32(0)), l4proto_into(reg32(1)), payload(false, 2, 2, reg32(2)), lookup(SET_SPA_V4, 3, REG_1), accept()],
+            l4proto(6),
+            dport(cfg.control_port),
+            vec![
+                payload(true, 12, 4, REG_1),
+                lookup(SET_BACKEND_V4, 1, REG_1),
+                accept(),
+            ],
         ],
     );
     rule(
@@ -146,13 +197,57 @@ pub fn load(cfg: &BaseConfig) -> Result<(), Error> {
         "input",
         vec![
             nfproto(NFPROTO_IPV6),
-            vec![payload(true, 8, 16, reg32(0)), l4proto_into(reg32(4)), payload(false, 2, 2, reg32(5)), lookup(SET_SPA_V6, 4, REG_1), accept()],
+            l4proto(6),
+            dport(cfg.control_port),
+            vec![
+                payload(true, 8, 16, REG_1),
+                lookup(SET_BACKEND_V6, 2, REG_1),
+                accept(),
+            ],
         ],
     );
-    rule(&mut b, "input", vec![vec![limit_per_sec(5), log("gwos-drop: ")]]);
+    // ip saddr . meta l4proto . th dport @spa_v4 accept
+    rule(
+        &mut b,
+        "input",
+        vec![
+            nfproto(NFPROTO_IPV4),
+            vec![
+                payload(true, 12, 4, reg32(0)),
+                l4proto_into(reg32(1)),
+                payload(false, 2, 2, reg32(2)),
+                lookup(SET_SPA_V4, 3, REG_1),
+                accept(),
+            ],
+        ],
+    );
+    rule(
+        &mut b,
+        "input",
+        vec![
+            nfproto(NFPROTO_IPV6),
+            vec![
+                payload(true, 8, 16, reg32(0)),
+                l4proto_into(reg32(4)),
+                payload(false, 2, 2, reg32(5)),
+                lookup(SET_SPA_V6, 4, REG_1),
+                accept(),
+            ],
+        ],
+    );
+    rule(
+        &mut b,
+        "input",
+        vec![vec![limit_per_sec(5), log("gwos-drop: ")]],
+    );
     rule(&mut b, "input", vec![vec![counter(), drop()]]);
     // forward
-    rule(&mut b, "forward", vec![ct_state(CT_ESTABLISHED | CT_RELATED), vec![accept()]]);
+    rule(
+        &mut b,
+        "forward",
+        vec![ct_state(CT_ESTABLISHED | CT_RELATED), vec![accept()]],
+    );
     rule(&mut b, "forward", vec![vec![jump("vpn_forward")]]);
-    b.commit().map_err(|e| Error::Netlink("loading the base ruleset", e))
+    b.commit()
+        .map_err(|e| Error::Netlink("loading the base ruleset", e))
 }

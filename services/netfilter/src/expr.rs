@@ -33,7 +33,14 @@ pub fn payload(base_network: bool, offset: u32, len: u32, dreg: u32) -> Expr {
         "payload",
         vec![
             (sys::NFTNL_EXPR_PAYLOAD_DREG, Val::U32(dreg)),
-            (sys::NFTNL_EXPR_PAYLOAD_BASE, Val::U32(if base_network { BASE_NETWORK } else { BASE_TRANSPORT })),
+            (
+                sys::NFTNL_EXPR_PAYLOAD_BASE,
+                Val::U32(if base_network {
+                    BASE_NETWORK
+                } else {
+                    BASE_TRANSPORT
+                }),
+            ),
             (sys::NFTNL_EXPR_PAYLOAD_OFFSET, Val::U32(offset)),
             (sys::NFTNL_EXPR_PAYLOAD_LEN, Val::U32(len)),
         ],
@@ -41,7 +48,13 @@ pub fn payload(base_network: bool, offset: u32, len: u32, dreg: u32) -> Expr {
 }
 
 fn meta(key: u32, dreg: u32) -> Expr {
-    e("meta", vec![(sys::NFTNL_EXPR_META_KEY, Val::U32(key)), (sys::NFTNL_EXPR_META_DREG, Val::U32(dreg))])
+    e(
+        "meta",
+        vec![
+            (sys::NFTNL_EXPR_META_KEY, Val::U32(key)),
+            (sys::NFTNL_EXPR_META_DREG, Val::U32(dreg)),
+        ],
+    )
 }
 
 pub fn cmp(eq: bool, data: Vec<u8>) -> Expr {
@@ -49,7 +62,10 @@ pub fn cmp(eq: bool, data: Vec<u8>) -> Expr {
         "cmp",
         vec![
             (sys::NFTNL_EXPR_CMP_SREG, Val::U32(REG_1)),
-            (sys::NFTNL_EXPR_CMP_OP, Val::U32(if eq { CMP_EQ } else { CMP_NEQ })),
+            (
+                sys::NFTNL_EXPR_CMP_OP,
+                Val::U32(if eq { CMP_EQ } else { CMP_NEQ }),
+            ),
             (sys::NFTNL_EXPR_CMP_DATA, Val::Bytes(data)),
         ],
     )
@@ -99,7 +115,10 @@ pub fn ipv4_net(src: bool, net: ipnet::Ipv4Net) -> Vec<Expr> {
                 (sys::NFTNL_EXPR_BITWISE_SREG, Val::U32(REG_1)),
                 (sys::NFTNL_EXPR_BITWISE_DREG, Val::U32(REG_1)),
                 (sys::NFTNL_EXPR_BITWISE_LEN, Val::U32(4)),
-                (sys::NFTNL_EXPR_BITWISE_MASK, Val::Bytes(net.netmask().octets().to_vec())),
+                (
+                    sys::NFTNL_EXPR_BITWISE_MASK,
+                    Val::Bytes(net.netmask().octets().to_vec()),
+                ),
                 (sys::NFTNL_EXPR_BITWISE_XOR, Val::Bytes(vec![0; 4])),
             ],
         ));
@@ -115,7 +134,10 @@ pub fn masquerade() -> Expr {
 
 /// `th dport N` (after an l4proto match).
 pub fn dport(port: u16) -> Vec<Expr> {
-    vec![payload(false, 2, 2, REG_1), cmp(true, port.to_be_bytes().to_vec())]
+    vec![
+        payload(false, 2, 2, REG_1),
+        cmp(true, port.to_be_bytes().to_vec()),
+    ]
 }
 
 /// First byte of the transport header (ICMP type) equals `t`.
@@ -126,14 +148,23 @@ pub fn icmp_type(t: u8) -> Vec<Expr> {
 /// `ct state & mask != 0`
 pub fn ct_state(mask: u32) -> Vec<Expr> {
     vec![
-        e("ct", vec![(sys::NFTNL_EXPR_CT_KEY, Val::U32(0)), (sys::NFTNL_EXPR_CT_DREG, Val::U32(REG_1))]),
+        e(
+            "ct",
+            vec![
+                (sys::NFTNL_EXPR_CT_KEY, Val::U32(0)),
+                (sys::NFTNL_EXPR_CT_DREG, Val::U32(REG_1)),
+            ],
+        ),
         e(
             "bitwise",
             vec![
                 (sys::NFTNL_EXPR_BITWISE_SREG, Val::U32(REG_1)),
                 (sys::NFTNL_EXPR_BITWISE_DREG, Val::U32(REG_1)),
                 (sys::NFTNL_EXPR_BITWISE_LEN, Val::U32(4)),
-                (sys::NFTNL_EXPR_BITWISE_MASK, Val::Bytes(mask.to_ne_bytes().to_vec())),
+                (
+                    sys::NFTNL_EXPR_BITWISE_MASK,
+                    Val::Bytes(mask.to_ne_bytes().to_vec()),
+                ),
                 (sys::NFTNL_EXPR_BITWISE_XOR, Val::Bytes(vec![0; 4])),
             ],
         ),
@@ -168,7 +199,10 @@ pub fn limit_per_sec(rate: u64) -> Expr {
 }
 
 pub fn log(prefix: &str) -> Expr {
-    e("log", vec![(sys::NFTNL_EXPR_LOG_PREFIX, Val::Str(prefix.into()))])
+    e(
+        "log",
+        vec![(sys::NFTNL_EXPR_LOG_PREFIX, Val::Str(prefix.into()))],
+    )
 }
 
 pub fn counter() -> Expr {
@@ -176,11 +210,23 @@ pub fn counter() -> Expr {
 }
 
 pub fn accept() -> Expr {
-    e("immediate", vec![(sys::NFTNL_EXPR_IMM_DREG, Val::U32(REG_VERDICT)), (sys::NFTNL_EXPR_IMM_VERDICT, Val::U32(1))])
+    e(
+        "immediate",
+        vec![
+            (sys::NFTNL_EXPR_IMM_DREG, Val::U32(REG_VERDICT)),
+            (sys::NFTNL_EXPR_IMM_VERDICT, Val::U32(1)),
+        ],
+    )
 }
 
 pub fn drop() -> Expr {
-    e("immediate", vec![(sys::NFTNL_EXPR_IMM_DREG, Val::U32(REG_VERDICT)), (sys::NFTNL_EXPR_IMM_VERDICT, Val::U32(0))])
+    e(
+        "immediate",
+        vec![
+            (sys::NFTNL_EXPR_IMM_DREG, Val::U32(REG_VERDICT)),
+            (sys::NFTNL_EXPR_IMM_VERDICT, Val::U32(0)),
+        ],
+    )
 }
 
 pub fn jump(chain: &str) -> Expr {

@@ -71,7 +71,8 @@ pub fn spa_allow(addr: IpAddr, proto: Proto, port: u16, timeout: Duration) -> Re
             let mut b = nl::Batch::new();
             b.elems(TABLE, set, &[(key.clone(), 0, 0)], true, false);
             b.elems(TABLE, set, &[(key, 0, ms)], false, false);
-            b.commit().map_err(|e| Error::Netlink("refreshing an spa element", e))
+            b.commit()
+                .map_err(|e| Error::Netlink("refreshing an spa element", e))
         }
         Err(e) => Err(Error::Netlink("adding an spa element", e)),
     }
@@ -82,13 +83,17 @@ pub fn set_backend(addrs: &[IpNet]) -> Result<(), Error> {
     let (v4, v6) = interval_elems(addrs);
     let mut b = nl::Batch::new();
     // flush = delete every current element
-    for (set, cur) in [(base::SET_BACKEND_V4, list_raw(base::SET_BACKEND_V4)?), (base::SET_BACKEND_V6, list_raw(base::SET_BACKEND_V6)?)] {
+    for (set, cur) in [
+        (base::SET_BACKEND_V4, list_raw(base::SET_BACKEND_V4)?),
+        (base::SET_BACKEND_V6, list_raw(base::SET_BACKEND_V6)?),
+    ] {
         let elems: Vec<_> = cur.into_iter().map(|(k, f)| (k, f, 0)).collect();
         b.elems(TABLE, set, &elems, true, false);
     }
     b.elems(TABLE, base::SET_BACKEND_V4, &v4, false, false);
     b.elems(TABLE, base::SET_BACKEND_V6, &v6, false, false);
-    b.commit().map_err(|e| Error::Netlink("replacing the backend sets", e))
+    b.commit()
+        .map_err(|e| Error::Netlink("replacing the backend sets", e))
 }
 
 fn list_raw(set: &str) -> Result<Vec<(Vec<u8>, u32)>, Error> {
@@ -112,7 +117,9 @@ pub struct SpaElement {
 pub fn list_elements() -> Result<Vec<SpaElement>, Error> {
     let mut out = Vec::new();
     for (set, alen) in [(base::SET_SPA_V4, 4usize), (base::SET_SPA_V6, 16)] {
-        for (k, exp) in nl::list_elems(TABLE, set).map_err(|e| Error::Netlink("listing an spa set", e))? {
+        for (k, exp) in
+            nl::list_elems(TABLE, set).map_err(|e| Error::Netlink("listing an spa set", e))?
+        {
             if k.len() != alen + 8 {
                 continue;
             }

@@ -29,7 +29,12 @@ fn cstr(s: &str) -> CString {
 
 impl Batch {
     pub fn new() -> Self {
-        let mut b = Batch { buf: vec![0u8; BUF_SIZE], len: 0, seq: 1, msgs: 0 };
+        let mut b = Batch {
+            buf: vec![0u8; BUF_SIZE],
+            len: 0,
+            seq: 1,
+            msgs: 0,
+        };
         // SAFETY: the buffer has at least MAX_MSG free bytes at `len`; batch_begin writes one small header there.
         unsafe {
             let nlh = sys::nftnl_batch_begin(b.buf.as_mut_ptr().add(b.len) as *mut c_char, b.seq);
@@ -45,7 +50,10 @@ impl Batch {
         // SAFETY (caller): `nlh` points at a header written inside `buf` at `len`.
         let l = (*nlh).nlmsg_len as usize;
         self.len += (l + 3) & !3;
-        assert!(self.len <= self.buf.len(), "nftables message overran the batch buffer");
+        assert!(
+            self.len <= self.buf.len(),
+            "nftables message overran the batch buffer"
+        );
         if self.len + MAX_MSG > self.buf.len() {
             self.buf.resize(self.buf.len() * 2, 0);
         }
@@ -99,7 +107,11 @@ impl Batch {
             if let Some((num, prio, accept, _)) = hook {
                 sys::nftnl_chain_set_u32(c, sys::NFTNL_CHAIN_HOOKNUM as u16, num);
                 sys::nftnl_chain_set_s32(c, sys::NFTNL_CHAIN_PRIO as u16, prio);
-                sys::nftnl_chain_set_u32(c, sys::NFTNL_CHAIN_POLICY as u16, if accept { 1 } else { 0 });
+                sys::nftnl_chain_set_u32(
+                    c,
+                    sys::NFTNL_CHAIN_POLICY as u16,
+                    if accept { 1 } else { 0 },
+                );
                 sys::nftnl_chain_set_str(c, sys::NFTNL_CHAIN_TYPE as u16, ty.as_ptr());
             }
             let nlh = self.hdr(libc::NFT_MSG_NEWCHAIN, libc::NLM_F_CREATE);
@@ -111,7 +123,15 @@ impl Batch {
     }
 
     /// A named set; `flags` are NFT_SET_* bits; `id` links lookups in the same batch.
-    pub fn set(&mut self, table: &str, name: &str, id: u32, key_type: u32, key_len: u32, flags: u32) {
+    pub fn set(
+        &mut self,
+        table: &str,
+        name: &str,
+        id: u32,
+        key_type: u32,
+        key_len: u32,
+        flags: u32,
+    ) {
         let (t, n) = (cstr(table), cstr(name));
         // SAFETY: as in `table`.
         unsafe {
@@ -132,7 +152,14 @@ impl Batch {
     }
 
     /// Adds (or deletes) elements: (key bytes, element flags, timeout ms or 0).
-    pub fn elems(&mut self, table: &str, set: &str, elems: &[(Vec<u8>, u32, u64)], delete: bool, excl: bool) {
+    pub fn elems(
+        &mut self,
+        table: &str,
+        set: &str,
+        elems: &[(Vec<u8>, u32, u64)],
+        delete: bool,
+        excl: bool,
+    ) {
         if elems.is_empty() {
             return;
         }
@@ -146,7 +173,12 @@ impl Batch {
             sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, FAMILY_INET as u32);
             for (key, flags, timeout) in elems {
                 let e = sys::nftnl_set_elem_alloc();
-                sys::nftnl_set_elem_set(e, sys::NFTNL_SET_ELEM_KEY as u16, key.as_ptr() as *const c_void, key.len() as u32);
+                sys::nftnl_set_elem_set(
+                    e,
+                    sys::NFTNL_SET_ELEM_KEY as u16,
+                    key.as_ptr() as *const c_void,
+                    key.len() as u32,
+                );
                 if *flags != 0 {
                     sys::nftnl_set_elem_set_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16, *flags);
                 }
@@ -158,7 +190,10 @@ impl Batch {
             let (ty, fl) = if delete {
                 (libc::NFT_MSG_DELSETELEM, 0)
             } else {
-                (libc::NFT_MSG_NEWSETELEM, libc::NLM_F_CREATE | if excl { libc::NLM_F_EXCL } else { 0 })
+                (
+                    libc::NFT_MSG_NEWSETELEM,
+                    libc::NLM_F_CREATE | if excl { libc::NLM_F_EXCL } else { 0 },
+                )
             };
             let nlh = self.hdr(ty, fl);
             sys::nftnl_set_elems_nlmsg_build_payload(nlh, s);
@@ -170,7 +205,13 @@ impl Batch {
 
     /// Appends a rule made of `exprs` to `chain`.
     pub fn rule(&mut self, table: &str, chain: &str, exprs: &[Expr]) {
-        self.rule_msg(libc::NFT_MSG_NEWRULE, libc::NLM_F_CREATE | libc::NLM_F_APPEND, table, chain, exprs);
+        self.rule_msg(
+            libc::NFT_MSG_NEWRULE,
+            libc::NLM_F_CREATE | libc::NLM_F_APPEND,
+            table,
+            chain,
+            exprs,
+        );
     }
 
     /// Deletes every rule of `chain` (`flush chain`: DELRULE with no handle).
@@ -192,7 +233,11 @@ impl Batch {
             for ex in exprs {
                 let name = cstr(ex.name);
                 let e = sys::nftnl_expr_alloc(name.as_ptr());
-                assert!(!e.is_null(), "libnftnl does not know expression {}", ex.name);
+                assert!(
+                    !e.is_null(),
+                    "libnftnl does not know expression {}",
+                    ex.name
+                );
                 for (attr, v) in &ex.attrs {
                     match v {
                         Val::U32(x) => sys::nftnl_expr_set_u32(e, *attr as u16, *x),
@@ -202,7 +247,12 @@ impl Batch {
                             sys::nftnl_expr_set_str(e, *attr as u16, s.as_ptr());
                         }
                         Val::Bytes(b) => {
-                            sys::nftnl_expr_set(e, *attr as u16, b.as_ptr() as *const c_void, b.len() as u32);
+                            sys::nftnl_expr_set(
+                                e,
+                                *attr as u16,
+                                b.as_ptr() as *const c_void,
+                                b.len() as u32,
+                            );
                         }
                     }
                 }
@@ -220,15 +270,26 @@ impl Batch {
     pub fn commit(mut self) -> io::Result<()> {
         // SAFETY: batch_end writes one small header into the free space at `len`.
         unsafe {
-            let nlh = sys::nftnl_batch_end(self.buf.as_mut_ptr().add(self.len) as *mut c_char, self.seq);
+            let nlh =
+                sys::nftnl_batch_end(self.buf.as_mut_ptr().add(self.len) as *mut c_char, self.seq);
             self.advance(nlh);
         }
         let sock = mnl::Socket::new(mnl::Bus::Netfilter)?;
         set_rcv_timeout(&sock, 2)?;
         // The whole batch goes in one datagram and the kernel queues one ack per
         // message before we read any: size both buffers for large batches (as nft does).
-        size_buffer(&sock, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, self.len + 4096)?;
-        size_buffer(&sock, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, self.msgs as usize * ACK_TRUESIZE)?;
+        size_buffer(
+            &sock,
+            libc::SO_SNDBUF,
+            libc::SO_SNDBUFFORCE,
+            self.len + 4096,
+        )?;
+        size_buffer(
+            &sock,
+            libc::SO_RCVBUF,
+            libc::SO_RCVBUFFORCE,
+            self.msgs as usize * ACK_TRUESIZE,
+        )?;
         sock.send(&self.buf[..self.len])?;
         let mut rbuf = vec![0u8; 1 << 16];
         let mut acks = 0;
@@ -237,7 +298,12 @@ impl Batch {
             let n = match sock.recv(&mut rbuf) {
                 Ok(n) => n,
                 Err(e) if first_err.is_some() && e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(io::Error::new(e.kind(), format!("waiting for nftables acks: {e}"))),
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("waiting for nftables acks: {e}"),
+                    ))
+                }
             };
             let mut off = 0;
             while off + 16 <= n {
@@ -304,7 +370,10 @@ fn size_buffer(sock: &mnl::Socket, opt: i32, force: i32, want: usize) -> io::Res
 
 fn set_rcv_timeout(sock: &mnl::Socket, secs: i64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let tv = libc::timeval { tv_sec: secs, tv_usec: 0 };
+    let tv = libc::timeval {
+        tv_sec: secs,
+        tv_usec: 0,
+    };
     // SAFETY: setsockopt on a socket we own with a correctly sized timeval.
     let r = unsafe {
         libc::setsockopt(
@@ -394,9 +463,16 @@ pub fn list_elems(table: &str, set: &str) -> io::Result<Vec<(Vec<u8>, u64)>> {
                             break;
                         }
                         let mut klen: u32 = 0;
-                        let k = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &mut klen) as *const u8;
-                        let key = if k.is_null() { Vec::new() } else { std::slice::from_raw_parts(k, klen as usize).to_vec() };
-                        let exp = sys::nftnl_set_elem_get_u64(e, sys::NFTNL_SET_ELEM_EXPIRATION as u16);
+                        let k =
+                            sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &mut klen)
+                                as *const u8;
+                        let key = if k.is_null() {
+                            Vec::new()
+                        } else {
+                            std::slice::from_raw_parts(k, klen as usize).to_vec()
+                        };
+                        let exp =
+                            sys::nftnl_set_elem_get_u64(e, sys::NFTNL_SET_ELEM_EXPIRATION as u16);
                         out.push((key, exp));
                     }
                     sys::nftnl_set_elems_iter_destroy(it);

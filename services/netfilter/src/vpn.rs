@@ -50,7 +50,10 @@ pub struct UserRule {
 }
 
 fn valid_ifname(s: &str) -> bool {
-    !s.is_empty() && s.len() < 16 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !s.is_empty()
+        && s.len() < 16
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The transaction for `iface`, the pool and the users (nothing is sent).
@@ -63,7 +66,11 @@ fn batch(iface: &str, pool: Ipv4Net, users: &[UserRule]) -> Result<Batch, Error>
     b.table(t, false);
     b.chain(t, CHAIN_FORWARD, None);
     b.flush_chain(t, CHAIN_FORWARD);
-    b.chain(t, CHAIN_POSTROUTING, Some((libc::NF_INET_POST_ROUTING as u32, PRIO_SRCNAT, true, "nat")));
+    b.chain(
+        t,
+        CHAIN_POSTROUTING,
+        Some((libc::NF_INET_POST_ROUTING as u32, PRIO_SRCNAT, true, "nat")),
+    );
     b.flush_chain(t, CHAIN_POSTROUTING);
 
     let rule = |b: &mut Batch, chain: &str, parts: Vec<Vec<Expr>>| {
@@ -71,22 +78,64 @@ fn batch(iface: &str, pool: Ipv4Net, users: &[UserRule]) -> Result<Batch, Error>
         b.rule(t, chain, &exprs);
     };
     let ipv4 = || nfproto(NFPROTO_IPV4);
-    rule(&mut b, CHAIN_FORWARD, vec![oifname(iface, true), ct_state(CT_ESTABLISHED | CT_RELATED), vec![accept()]]);
-    rule(&mut b, CHAIN_FORWARD, vec![iifname(iface), oifname(iface, true), vec![counter(), drop()]]);
+    rule(
+        &mut b,
+        CHAIN_FORWARD,
+        vec![
+            oifname(iface, true),
+            ct_state(CT_ESTABLISHED | CT_RELATED),
+            vec![accept()],
+        ],
+    );
+    rule(
+        &mut b,
+        CHAIN_FORWARD,
+        vec![
+            iifname(iface),
+            oifname(iface, true),
+            vec![counter(), drop()],
+        ],
+    );
     for u in users {
         let me = Ipv4Net::from(u.address);
         for net in &u.allowed {
-            rule(&mut b, CHAIN_FORWARD, vec![iifname(iface), ipv4(), ipv4_net(true, me), ipv4_net(false, *net), vec![accept()]]);
+            rule(
+                &mut b,
+                CHAIN_FORWARD,
+                vec![
+                    iifname(iface),
+                    ipv4(),
+                    ipv4_net(true, me),
+                    ipv4_net(false, *net),
+                    vec![accept()],
+                ],
+            );
         }
     }
-    rule(&mut b, CHAIN_FORWARD, vec![iifname(iface), vec![counter(), drop()]]);
-    rule(&mut b, CHAIN_POSTROUTING, vec![iifname(iface), oifname(iface, false), ipv4(), ipv4_net(true, pool), vec![masquerade()]]);
+    rule(
+        &mut b,
+        CHAIN_FORWARD,
+        vec![iifname(iface), vec![counter(), drop()]],
+    );
+    rule(
+        &mut b,
+        CHAIN_POSTROUTING,
+        vec![
+            iifname(iface),
+            oifname(iface, false),
+            ipv4(),
+            ipv4_net(true, pool),
+            vec![masquerade()],
+        ],
+    );
     Ok(b)
 }
 
 /// Replaces both chains with the rules for these users in one transaction.
 pub fn apply(iface: &str, pool: Ipv4Net, users: &[UserRule]) -> Result<(), Error> {
-    batch(iface, pool, users)?.commit().map_err(|e| Error::Netlink("replacing the vpn forward rules", e))
+    batch(iface, pool, users)?
+        .commit()
+        .map_err(|e| Error::Netlink("replacing the vpn forward rules", e))
 }
 
 #[cfg(test)]
@@ -97,9 +146,15 @@ mod tests {
     fn rejects_bad_interface_names_before_any_netlink() {
         let pool: Ipv4Net = "10.77.0.0/24".parse().unwrap();
         for bad in ["", "gw0;x", "gw0\"", "a-very-long-ifname", "gw 0"] {
-            assert!(matches!(batch(bad, pool, &[]), Err(Error::Invalid(_))), "{bad:?} accepted");
+            assert!(
+                matches!(batch(bad, pool, &[]), Err(Error::Invalid(_))),
+                "{bad:?} accepted"
+            );
         }
-        let users = vec![UserRule { address: Ipv4Addr::new(10, 77, 0, 2), allowed: vec!["10.99.1.0/24".parse().unwrap()] }];
+        let users = vec![UserRule {
+            address: Ipv4Addr::new(10, 77, 0, 2),
+            allowed: vec!["10.99.1.0/24".parse().unwrap()],
+        }];
         assert!(batch("gw0", pool, &users).is_ok());
         assert!(batch("wg_1-x", pool, &users).is_ok());
     }

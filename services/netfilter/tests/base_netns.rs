@@ -5,7 +5,10 @@
 use std::process::Command;
 
 fn sh(args: &[&str]) -> std::process::Output {
-    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
 
 struct Ns(String);
@@ -17,8 +20,15 @@ impl Drop for Ns {
 
 #[test]
 fn base_ruleset_loads_in_a_namespace() {
-    assert_eq!(sh(&["id", "-u"]).stdout, b"0\n", "needs root (creates a network namespace)");
-    assert!(sh(&["sh", "-c", "command -v nft"]).status.success(), "nft (Debian nftables) is needed to read the ruleset back");
+    assert_eq!(
+        sh(&["id", "-u"]).stdout,
+        b"0\n",
+        "needs root (creates a network namespace)"
+    );
+    assert!(
+        sh(&["sh", "-c", "command -v nft"]).status.success(),
+        "nft (Debian nftables) is needed to read the ruleset back"
+    );
     let bin = env!("CARGO_BIN_EXE_gwos-nft-base");
     let ns = Ns(format!("gwnft{}", std::process::id()));
     assert!(sh(&["ip", "netns", "add", &ns.0]).status.success());
@@ -29,7 +39,9 @@ fn base_ruleset_loads_in_a_namespace() {
         let o = sh(&["ip", "netns", "exec", &ns.0, bin, site.to_str().unwrap()]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    let rs = String::from_utf8(sh(&["ip", "netns", "exec", &ns.0, "nft", "list", "ruleset"]).stdout).unwrap();
+    let rs =
+        String::from_utf8(sh(&["ip", "netns", "exec", &ns.0, "nft", "list", "ruleset"]).stdout)
+            .unwrap();
     for want in [
         "type filter hook input priority filter; policy drop;",
         "iifname \"lo\" accept",
@@ -52,6 +64,10 @@ fn base_ruleset_loads_in_a_namespace() {
     ] {
         assert!(rs.contains(want), "missing {want:?} in:\n{rs}");
     }
-    assert_eq!(rs.matches("udp dport 62201 accept").count(), 1, "second load duplicated rules");
+    assert_eq!(
+        rs.matches("udp dport 62201 accept").count(),
+        1,
+        "second load duplicated rules"
+    );
     assert_eq!(rs.matches("table inet gwos").count(), 1);
 }

@@ -29,10 +29,21 @@ pub struct Knock {
 /// Builds the UDP payload for `knock` with the stanza's keys (CBC, SHA-256
 /// digest, HMAC-SHA-256 when `hmac_key` is set).
 pub fn encode(knock: &Knock, key: &[u8], hmac_key: Option<&[u8]>) -> anyhow::Result<String> {
-    anyhow::ensure!(!key.is_empty() && key.len() <= 32, "the Rijndael key must be 1..32 bytes");
-    anyhow::ensure!(!knock.access.is_empty(), "at least one proto/port is needed");
     anyhow::ensure!(
-        !knock.user.is_empty() && knock.user.len() < 64 && knock.user.bytes().all(|c| (0x21..=0x7e).contains(&c) && !b"\"/\\[]:;|=,+*?<>".contains(&c)),
+        !key.is_empty() && key.len() <= 32,
+        "the Rijndael key must be 1..32 bytes"
+    );
+    anyhow::ensure!(
+        !knock.access.is_empty(),
+        "at least one proto/port is needed"
+    );
+    anyhow::ensure!(
+        !knock.user.is_empty()
+            && knock.user.len() < 64
+            && knock
+                .user
+                .bytes()
+                .all(|c| (0x21..=0x7e).contains(&c) && !b"\"/\\[]:;|=,+*?<>".contains(&c)),
         "user name not acceptable to fwknopd"
     );
     if let Some(h) = hmac_key {
@@ -40,7 +51,9 @@ pub fn encode(knock: &Knock, key: &[u8], hmac_key: Option<&[u8]>) -> anyhow::Res
         anyhow::ensure!(h.len() <= 128, "HMAC key longer than 128 bytes");
     }
     let mut rng = rand::thread_rng();
-    let rand16: String = (0..16).map(|_| char::from(b'0' + rng.gen_range(0..10u8))).collect();
+    let rand16: String = (0..16)
+        .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+        .collect();
     let access: Vec<String> = knock.access.iter().map(|a| a.to_string()).collect();
     let message = format!("{},{}", knock.allow_ip, access.join(","));
     let mt = if knock.client_timeout > 0 { 3 } else { 1 };
@@ -73,14 +86,27 @@ pub fn encode(knock: &Knock, key: &[u8], hmac_key: Option<&[u8]>) -> anyhow::Res
     if let Some(h) = hmac_key {
         spa.push_str(&b64e_nopad(&HashType::Sha256.hmac(h, full.as_bytes())));
     }
-    anyhow::ensure!(spa.len() < 400, "packet of {} chars: fwknopd refuses 400 or more (too many ports?)", spa.len());
+    anyhow::ensure!(
+        spa.len() < 400,
+        "packet of {} chars: fwknopd refuses 400 or more (too many ports?)",
+        spa.len()
+    );
     Ok(spa)
 }
 
 /// Encodes and sends one knock to `dest` (UDP); returns the bytes sent.
-pub fn send(knock: &Knock, key: &[u8], hmac_key: Option<&[u8]>, dest: SocketAddr) -> anyhow::Result<String> {
+pub fn send(
+    knock: &Knock,
+    key: &[u8],
+    hmac_key: Option<&[u8]>,
+    dest: SocketAddr,
+) -> anyhow::Result<String> {
     let spa = encode(knock, key, hmac_key)?;
-    let bind: SocketAddr = if dest.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+    let bind: SocketAddr = if dest.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
     let sock = UdpSocket::bind(bind)?;
     sock.send_to(spa.as_bytes(), dest)?;
     Ok(spa)
@@ -92,20 +118,31 @@ pub fn send(knock: &Knock, key: &[u8], hmac_key: Option<&[u8]>, dest: SocketAddr
 pub fn cli(args: &[String]) -> anyhow::Result<()> {
     let mut dest = None;
     let (mut user, mut key, mut hkey) = (None, None, None);
-    let mut access = vec![ProtoPort { tcp: true, port: 443 }];
+    let mut access = vec![ProtoPort {
+        tcp: true,
+        port: 443,
+    }];
     let mut allow_ip = None;
     let mut timeout = 0u32;
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = || it.next().cloned().ok_or_else(|| anyhow::anyhow!("{a} needs a value"));
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("{a} needs a value"))
+        };
         match a.as_str() {
             "--user" => user = Some(val()?),
             "--key-base64" => {
-                key = Some(zeroize::Zeroizing::new(crypto::b64d_strict(&val()?).ok_or_else(|| anyhow::anyhow!("--key-base64 is not base64"))?))
+                key = Some(zeroize::Zeroizing::new(
+                    crypto::b64d_strict(&val()?)
+                        .ok_or_else(|| anyhow::anyhow!("--key-base64 is not base64"))?,
+                ))
             }
             "--hmac-key-base64" => {
                 hkey = Some(zeroize::Zeroizing::new(
-                    crypto::b64d_strict(&val()?).ok_or_else(|| anyhow::anyhow!("--hmac-key-base64 is not base64"))?,
+                    crypto::b64d_strict(&val()?)
+                        .ok_or_else(|| anyhow::anyhow!("--hmac-key-base64 is not base64"))?,
                 ))
             }
             // Keys on the command line are visible to other local users (ps); a file is not.
@@ -117,7 +154,9 @@ pub fn cli(args: &[String]) -> anyhow::Result<()> {
             "--access" => {
                 access = val()?
                     .split(',')
-                    .map(|s| ProtoPort::parse(s).ok_or_else(|| anyhow::anyhow!("bad proto/port {s:?}")))
+                    .map(|s| {
+                        ProtoPort::parse(s).ok_or_else(|| anyhow::anyhow!("bad proto/port {s:?}"))
+                    })
                     .collect::<anyhow::Result<_>>()?
             }
             "--allow-ip" => allow_ip = Some(val()?.parse::<Ipv4Addr>()?),
@@ -132,8 +171,15 @@ pub fn cli(args: &[String]) -> anyhow::Result<()> {
         Ok(sa) => sa,
         Err(_) => {
             use std::net::ToSocketAddrs;
-            let with_port = if dest.contains(':') { dest.clone() } else { format!("{dest}:62201") };
-            with_port.to_socket_addrs()?.next().ok_or_else(|| anyhow::anyhow!("cannot resolve {dest}"))?
+            let with_port = if dest.contains(':') {
+                dest.clone()
+            } else {
+                format!("{dest}:62201")
+            };
+            with_port
+                .to_socket_addrs()?
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("cannot resolve {dest}"))?
         }
     };
     let allow_ip = match allow_ip {
@@ -156,18 +202,30 @@ pub fn cli(args: &[String]) -> anyhow::Result<()> {
         allow_ip,
         access,
         client_timeout: timeout,
-        timestamp: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64,
+        timestamp: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs() as i64,
     };
     let key = key.ok_or_else(|| anyhow::anyhow!("--key-file or --key-base64 is required"))?;
     send(&knock, &key, hkey.as_ref().map(|h| h.as_slice()), dest)?;
-    eprintln!("knocked {dest} as {} for {} (allow ip {allow_ip})", knock.user, knock.access.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","));
+    eprintln!(
+        "knocked {dest} as {} for {} (allow ip {allow_ip})",
+        knock.user,
+        knock
+            .access
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     Ok(())
 }
 
 #[cfg(test)]
 mod cli_tests {
     const K: &str = "PLJiB9FhMc635yVDYsXCvEgWl7Q60iCQNQBvN1inQ04=";
-    const H: &str = "YTMMjQ9STIx2+a0R1557B7q8N8jd3Zt1ryxkCDxe1g6mRlhD9YheNvRXhDIYy8tOmVId8lrSScZlygiX0bsRxA==";
+    const H: &str =
+        "YTMMjQ9STIx2+a0R1557B7q8N8jd3Zt1ryxkCDxe1g6mRlhD9YheNvRXhDIYy8tOmVId8lrSScZlygiX0bsRxA==";
 
     /// `gwos knock --key-file` sends a packet the gateway's decoder accepts with those keys.
     #[test]
@@ -178,11 +236,20 @@ mod cli_tests {
         std::fs::write(&f, format!("KEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\n")).unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        rx.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
-        let args: Vec<String> = [&rx.local_addr().unwrap().to_string(), "--user", "alice", "--access", "tcp/8443", "--key-file", f.to_str().unwrap()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let args: Vec<String> = [
+            &rx.local_addr().unwrap().to_string(),
+            "--user",
+            "alice",
+            "--access",
+            "tcp/8443",
+            "--key-file",
+            f.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         super::cli(&args).unwrap();
         let mut buf = [0u8; 2048];
         let (n, _) = rx.recv_from(&mut buf).unwrap();
@@ -195,7 +262,13 @@ mod cli_tests {
         };
         let p = crate::packet::decode_with(&spa, &keys).unwrap();
         assert_eq!(p.username, "alice");
-        assert_eq!(p.access, vec![crate::packet::ProtoPort { tcp: true, port: 8443 }]);
+        assert_eq!(
+            p.access,
+            vec![crate::packet::ProtoPort {
+                tcp: true,
+                port: 8443
+            }]
+        );
         // A readable key file is refused before anything is sent.
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
         let e = format!("{:#}", super::cli(&args).unwrap_err());

@@ -128,7 +128,9 @@ pub fn b64d_lenient(text: &[u8]) -> Option<Vec<u8>> {
 
 /// Strict standard base64 (padded) for keys given by operators.
 pub fn b64d_strict(text: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()
 }
 
 /// `EVP_BytesToKey(MD5, 1 round)`: 32-byte AES key and 16-byte IV.

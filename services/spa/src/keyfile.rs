@@ -33,7 +33,10 @@ impl KnockKeys {
     }
 
     pub fn new(key: Vec<u8>, hmac: Vec<u8>) -> Self {
-        Self { key: Zeroizing::new(key), hmac: Zeroizing::new(hmac) }
+        Self {
+            key: Zeroizing::new(key),
+            hmac: Zeroizing::new(hmac),
+        }
     }
 
     /// Reads a key file: `fwknop --key-gen` output (`KEY_BASE64: <b64>`,
@@ -43,7 +46,8 @@ impl KnockKeys {
     /// encoder sends). Refuses files that group or others may read.
     pub fn load(path: &Path) -> Result<Self> {
         use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).with_context(|| format!("reading knock key file {}", path.display()))?;
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("reading knock key file {}", path.display()))?;
         let mode = meta.permissions().mode();
         anyhow::ensure!(
             mode & 0o077 == 0,
@@ -52,7 +56,8 @@ impl KnockKeys {
             mode & 0o777
         );
         let text = Zeroizing::new(
-            std::fs::read_to_string(path).with_context(|| format!("reading knock key file {}", path.display()))?,
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading knock key file {}", path.display()))?,
         );
         Self::parse(&text).with_context(|| format!("knock key file {}", path.display()))
     }
@@ -65,9 +70,13 @@ impl KnockKeys {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let cut = line.find(|c: char| c == ':' || c == '=' || c.is_whitespace()).unwrap_or(line.len());
+            let cut = line
+                .find(|c: char| c == ':' || c == '=' || c.is_whitespace())
+                .unwrap_or(line.len());
             let (name, rest) = line.split_at(cut);
-            let value = rest.trim_start_matches(|c: char| c == ':' || c == '=' || c.is_whitespace()).trim();
+            let value = rest
+                .trim_start_matches(|c: char| c == ':' || c == '=' || c.is_whitespace())
+                .trim();
             let n = i + 1;
             let decode = |v: &str| {
                 crate::crypto::b64d_strict(v)
@@ -84,19 +93,34 @@ impl KnockKeys {
                     hmac = Some(decode(value)?);
                 }
                 "HMAC_DIGEST_TYPE" => {
-                    anyhow::ensure!(value.eq_ignore_ascii_case("sha256"), "line {n}: only HMAC_DIGEST_TYPE sha256 is supported")
+                    anyhow::ensure!(
+                        value.eq_ignore_ascii_case("sha256"),
+                        "line {n}: only HMAC_DIGEST_TYPE sha256 is supported"
+                    )
                 }
                 "ENCRYPTION_MODE" => {
-                    anyhow::ensure!(value.eq_ignore_ascii_case("cbc"), "line {n}: only ENCRYPTION_MODE cbc is supported")
+                    anyhow::ensure!(
+                        value.eq_ignore_ascii_case("cbc"),
+                        "line {n}: only ENCRYPTION_MODE cbc is supported"
+                    )
                 }
                 _ => anyhow::bail!("line {n}: unknown setting {name:?}"),
             }
         }
         let key = key.context("no KEY_BASE64 line")?;
         let hmac = hmac.context("no HMAC_KEY_BASE64 line (the gateway requires HMAC)")?;
-        anyhow::ensure!(!key.is_empty() && key.len() <= 32, "KEY_BASE64 must decode to 1..32 bytes");
-        anyhow::ensure!(!hmac.is_empty() && hmac.len() <= 128, "HMAC_KEY_BASE64 must decode to 1..128 bytes");
-        anyhow::ensure!(*key != *hmac, "the HMAC key must differ from the encryption key");
+        anyhow::ensure!(
+            !key.is_empty() && key.len() <= 32,
+            "KEY_BASE64 must decode to 1..32 bytes"
+        );
+        anyhow::ensure!(
+            !hmac.is_empty() && hmac.len() <= 128,
+            "HMAC_KEY_BASE64 must decode to 1..128 bytes"
+        );
+        anyhow::ensure!(
+            *key != *hmac,
+            "the HMAC key must differ from the encryption key"
+        );
         Ok(Self { key, hmac })
     }
 }
@@ -106,7 +130,8 @@ mod tests {
     use super::*;
 
     const K: &str = "PLJiB9FhMc635yVDYsXCvEgWl7Q60iCQNQBvN1inQ04=";
-    const H: &str = "YTMMjQ9STIx2+a0R1557B7q8N8jd3Zt1ryxkCDxe1g6mRlhD9YheNvRXhDIYy8tOmVId8lrSScZlygiX0bsRxA==";
+    const H: &str =
+        "YTMMjQ9STIx2+a0R1557B7q8N8jd3Zt1ryxkCDxe1g6mRlhD9YheNvRXhDIYy8tOmVId8lrSScZlygiX0bsRxA==";
 
     #[test]
     fn key_file_formats_and_refusals() {
@@ -124,16 +149,40 @@ mod tests {
         for (text, what) in [
             (format!("KEY_BASE64: {K}\n"), "no HMAC_KEY_BASE64"),
             (format!("HMAC_KEY_BASE64: {H}\n"), "no KEY_BASE64"),
-            (format!("KEY_BASE64: {K}\nHMAC_KEY_BASE64: {K}\n"), "must differ"),
-            (format!("KEY_BASE64: {K}\nKEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\n"), "twice"),
-            (format!("KEY_BASE64: {K}!\nHMAC_KEY_BASE64: {H}\n"), "not base64"),
-            (format!("KEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\nHMAC_DIGEST_TYPE sha512\n"), "sha256"),
-            (format!("KEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\nSPA_SERVER 1.2.3.4\n"), "unknown setting"),
-            (format!("KEY_BASE64: {}\nHMAC_KEY_BASE64: {H}\n", crate::crypto::b64e_nopad(&[1u8; 33])), "1..32"),
+            (
+                format!("KEY_BASE64: {K}\nHMAC_KEY_BASE64: {K}\n"),
+                "must differ",
+            ),
+            (
+                format!("KEY_BASE64: {K}\nKEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\n"),
+                "twice",
+            ),
+            (
+                format!("KEY_BASE64: {K}!\nHMAC_KEY_BASE64: {H}\n"),
+                "not base64",
+            ),
+            (
+                format!("KEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\nHMAC_DIGEST_TYPE sha512\n"),
+                "sha256",
+            ),
+            (
+                format!("KEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\nSPA_SERVER 1.2.3.4\n"),
+                "unknown setting",
+            ),
+            (
+                format!(
+                    "KEY_BASE64: {}\nHMAC_KEY_BASE64: {H}\n",
+                    crate::crypto::b64e_nopad(&[1u8; 33])
+                ),
+                "1..32",
+            ),
         ] {
             let e = format!("{:#}", KnockKeys::parse(&text).unwrap_err());
             assert!(e.contains(what), "{what}: {e}");
-            assert!(!e.contains(K) && !e.contains(H) && !e.contains(&K[..20]), "key material in the error: {e}");
+            assert!(
+                !e.contains(K) && !e.contains(H) && !e.contains(&K[..20]),
+                "key material in the error: {e}"
+            );
         }
     }
 

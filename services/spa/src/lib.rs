@@ -5,8 +5,8 @@
 //! decision leaves as an event line. `client` is the `gwos knock` encoder.
 
 pub mod client;
-pub mod keyfile;
 pub mod crypto;
+pub mod keyfile;
 pub mod packet;
 pub mod ratelimit;
 pub mod replay;

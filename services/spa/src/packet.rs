@@ -57,7 +57,10 @@ impl std::fmt::Display for Reject {
 }
 
 fn rej<T>(stage: Stage, reason: impl Into<String>) -> Result<T, Reject> {
-    Err(Reject { stage, reason: reason.into() })
+    Err(Reject {
+        stage,
+        reason: reason.into(),
+    })
 }
 
 /// Keys and algorithms of one stanza.
@@ -71,7 +74,10 @@ pub struct Keys {
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keys").field("hmac_type", &self.hmac_type).field("mode", &self.mode).finish_non_exhaustive()
+        f.debug_struct("Keys")
+            .field("hmac_type", &self.hmac_type)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
     }
 }
 
@@ -106,7 +112,10 @@ impl ProtoPort {
         if !(1..=65535).contains(&port) {
             return None;
         }
-        Some(Self { tcp, port: port as u16 })
+        Some(Self {
+            tcp,
+            port: port as u16,
+        })
     }
 }
 
@@ -148,7 +157,10 @@ pub struct Spa {
 /// §2: length, prefix, optional HTTP unwrapping, base64 alphabet. No key is used.
 pub fn preprocess(payload: &[u8], allow_http: bool) -> Result<Spa, Reject> {
     if payload.len() < MIN_PKT || payload.len() > MAX_PKT {
-        return rej(Stage::Transport, format!("payload length {} outside [140,1500]", payload.len()));
+        return rej(
+            Stage::Transport,
+            format!("payload length {} outside [140,1500]", payload.len()),
+        );
     }
     if payload.starts_with(SALT_B64_PREFIX.as_bytes()) {
         return rej(Stage::Transport, "payload starts with U2FsdGVkX1");
@@ -158,7 +170,10 @@ pub fn preprocess(payload: &[u8], allow_http: bool) -> Result<Spa, Reject> {
             return rej(Stage::Transport, "SPA over HTTP is not enabled");
         }
         let path = &payload[5..];
-        let end = path.iter().position(|c| c.is_ascii_whitespace()).unwrap_or(path.len());
+        let end = path
+            .iter()
+            .position(|c| c.is_ascii_whitespace())
+            .unwrap_or(path.len());
         let s: Vec<u8> = path[..end]
             .iter()
             .map(|&c| match c {
@@ -174,23 +189,38 @@ pub fn preprocess(payload: &[u8], allow_http: bool) -> Result<Spa, Reject> {
     } else {
         payload.to_vec()
     };
-    if !spa.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/' || c == b'=') {
+    if !spa
+        .iter()
+        .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/' || c == b'=')
+    {
         return rej(Stage::Transport, "not base64 text");
     }
     if spa.len() >= GPG_THRESHOLD {
         // fwknopd guesses GnuPG here and never tries a Rijndael stanza (§2.5)
-        return rej(Stage::Transport, format!("SPA data of {} chars (400 or more is never accepted)", spa.len()));
+        return rej(
+            Stage::Transport,
+            format!(
+                "SPA data of {} chars (400 or more is never accepted)",
+                spa.len()
+            ),
+        );
     }
     let data = String::from_utf8(spa).expect("checked ASCII");
     let replay_digest = b64e_nopad(&HashType::Sha256.digest(data.as_bytes()));
-    Ok(Spa { data, replay_digest })
+    Ok(Spa {
+        data,
+        replay_digest,
+    })
 }
 
 /// §3: verify the trailing tag; returns the ciphertext part W.
 pub fn check_hmac<'a>(spa: &'a str, hmac_key: &[u8], t: HashType) -> Result<&'a str, Reject> {
     let l = t.b64_len();
     if spa.len() < l + MIN_ENCODED {
-        return rej(Stage::Hmac, format!("packet too short for a {} HMAC", t.name()));
+        return rej(
+            Stage::Hmac,
+            format!("packet too short for a {} HMAC", t.name()),
+        );
     }
     let (ct, tag) = spa.split_at(spa.len() - l);
     let mut authed = Vec::with_capacity(ct.len() + 10);
@@ -212,16 +242,27 @@ pub fn decrypt(ct_b64: &str, key: &[u8], mode: Mode) -> Result<Vec<u8>, Reject> 
         return rej(Stage::Decrypt, "Rijndael key must be 1..32 bytes");
     }
     if SALT_B64_PREFIX.len() + ct_b64.len() >= GPG_THRESHOLD {
-        return rej(Stage::Decrypt, "ciphertext of 400 chars or more (libfko refuses it)");
+        return rej(
+            Stage::Decrypt,
+            "ciphertext of 400 chars or more (libfko refuses it)",
+        );
     }
     let mut text = Vec::with_capacity(ct_b64.len() + 10);
     if !ct_b64.starts_with(SALT_B64_PREFIX) {
         text.extend_from_slice(SALT_B64_PREFIX.as_bytes());
     }
     text.extend_from_slice(ct_b64.as_bytes());
-    let Some(mut raw) = b64d_lenient(&text) else { return rej(Stage::Decrypt, "bad base64") };
+    let Some(mut raw) = b64d_lenient(&text) else {
+        return rej(Stage::Decrypt, "bad base64");
+    };
     if raw.len() % 16 != 0 || raw.len() < 32 {
-        return rej(Stage::Decrypt, format!("ciphertext length {} not a whole number of blocks", raw.len()));
+        return rej(
+            Stage::Decrypt,
+            format!(
+                "ciphertext length {} not a whole number of blocks",
+                raw.len()
+            ),
+        );
     }
     if &raw[..8] != b"Salted__" {
         return rej(Stage::Decrypt, "missing Salted__ header");
@@ -259,12 +300,19 @@ fn valid_ipv4(s: &str) -> Option<Ipv4Addr> {
 fn valid_username(u: &str) -> bool {
     !u.is_empty()
         && u.len() < 64
-        && u.bytes().all(|c| (0x20..=0x7e).contains(&c) && !b"\"/\\[]:;|=,+*?<>".contains(&c))
+        && u.bytes()
+            .all(|c| (0x20..=0x7e).contains(&c) && !b"\"/\\[]:;|=,+*?<>".contains(&c))
 }
 
 fn b64_text(field: &str, what: &str) -> Result<String, Reject> {
-    let raw = b64d_lenient(field.as_bytes()).ok_or(Reject { stage: Stage::Decode, reason: format!("{what} not base64") })?;
-    String::from_utf8(raw).map_err(|_| Reject { stage: Stage::Decode, reason: format!("{what} not ASCII") })
+    let raw = b64d_lenient(field.as_bytes()).ok_or(Reject {
+        stage: Stage::Decode,
+        reason: format!("{what} not base64"),
+    })?;
+    String::from_utf8(raw).map_err(|_| Reject {
+        stage: Stage::Decode,
+        reason: format!("{what} not ASCII"),
+    })
 }
 
 /// §5–§8: digest check and field parsing of the plaintext.
@@ -286,13 +334,26 @@ pub fn parse_plaintext(pt: &[u8]) -> Result<Fields, Reject> {
         43 => &[HashType::Sha256, HashType::Sha3_256],
         64 => &[HashType::Sha384],
         86 => &[HashType::Sha512, HashType::Sha3_512],
-        n => return rej(Stage::Digest, format!("digest length {n} matches no algorithm")),
+        n => {
+            return rej(
+                Stage::Digest,
+                format!("digest length {n} matches no algorithm"),
+            )
+        }
     };
     let digest_type = candidates
         .iter()
         .copied()
-        .find(|t| ct_eq(b64e_nopad(&t.digest(body.as_bytes())).as_bytes(), digest.as_bytes()))
-        .ok_or(Reject { stage: Stage::Digest, reason: "digest mismatch".into() })?;
+        .find(|t| {
+            ct_eq(
+                b64e_nopad(&t.digest(body.as_bytes())).as_bytes(),
+                digest.as_bytes(),
+            )
+        })
+        .ok_or(Reject {
+            stage: Stage::Digest,
+            reason: "digest mismatch".into(),
+        })?;
 
     let f: Vec<&str> = body.split(':').collect();
     let rand = f[0];
@@ -300,7 +361,10 @@ pub fn parse_plaintext(pt: &[u8]) -> Result<Fields, Reject> {
         return rej(Stage::Decode, "bad random value");
     }
     if f[1].is_empty() || f[1].len() > 64 {
-        return rej(Stage::Decode, "username field empty or longer than 64 chars");
+        return rej(
+            Stage::Decode,
+            "username field empty or longer than 64 chars",
+        );
     }
     let username = b64_text(f[1], "username")?;
     if !valid_username(&username) {
@@ -309,9 +373,15 @@ pub fn parse_plaintext(pt: &[u8]) -> Result<Fields, Reject> {
     if f[2].is_empty() || f[2].len() > 12 || !f[2].bytes().all(|b| b.is_ascii_digit()) {
         return rej(Stage::Decode, "bad timestamp");
     }
-    let timestamp: i64 = f[2].parse().map_err(|_| Reject { stage: Stage::Decode, reason: "bad timestamp".into() })?;
+    let timestamp: i64 = f[2].parse().map_err(|_| Reject {
+        stage: Stage::Decode,
+        reason: "bad timestamp".into(),
+    })?;
     if timestamp > i32::MAX as i64 {
-        return rej(Stage::Decode, "timestamp >= 2^31 (rejected by fwknopd 2.6.x)");
+        return rej(
+            Stage::Decode,
+            "timestamp >= 2^31 (rejected by fwknopd 2.6.x)",
+        );
     }
     if f[3].is_empty() || f[3].len() > 8 {
         return rej(Stage::Decode, "bad version");
@@ -330,7 +400,10 @@ pub fn parse_plaintext(pt: &[u8]) -> Result<Fields, Reject> {
         _ => 4,
     };
     if rest.len() > max_rest {
-        return rej(Stage::Decode, format!("too many fields for message type {mt}"));
+        return rej(
+            Stage::Decode,
+            format!("too many fields for message type {mt}"),
+        );
     }
     if rest.is_empty() || rest[0].is_empty() {
         return rej(Stage::Decode, "missing message");
@@ -340,7 +413,9 @@ pub fn parse_plaintext(pt: &[u8]) -> Result<Fields, Reject> {
     }
     let message = b64_text(rest[0], "message")?;
     let (ip, tail) = message.split_once(',').unwrap_or((&message, ""));
-    let Some(allow_ip) = valid_ipv4(ip) else { return rej(Stage::Decode, "message must be '<ipv4>,<...>'") };
+    let Some(allow_ip) = valid_ipv4(ip) else {
+        return rej(Stage::Decode, "message must be '<ipv4>,<...>'");
+    };
     if tail.is_empty() {
         return rej(Stage::Decode, "message must be '<ipv4>,<...>'");
     }
@@ -402,7 +477,10 @@ pub fn parse_plaintext(pt: &[u8]) -> Result<Fields, Reject> {
         }
     } else if !remaining.is_empty() {
         let joined = remaining.join(":");
-        let raw = b64d_lenient(joined.as_bytes()).ok_or(Reject { stage: Stage::Decode, reason: "server auth not base64".into() })?;
+        let raw = b64d_lenient(joined.as_bytes()).ok_or(Reject {
+            stage: Stage::Decode,
+            reason: "server auth not base64".into(),
+        })?;
         server_auth = Some(String::from_utf8_lossy(&raw).into_owned());
     }
     Ok(Fields {
@@ -438,7 +516,10 @@ pub fn decode_with(spa: &Spa, keys: &Keys) -> Result<Fields, Reject> {
 pub fn check_age(fields: &Fields, now: i64, max_age: i64) -> Result<(), Reject> {
     let age = (now - fields.timestamp).abs();
     if age > max_age {
-        return rej(Stage::Age, format!("SPA data time difference is too great ({age} seconds)"));
+        return rej(
+            Stage::Age,
+            format!("SPA data time difference is too great ({age} seconds)"),
+        );
     }
     Ok(())
 }

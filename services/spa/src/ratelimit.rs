@@ -16,7 +16,12 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(rate_per_sec: f64, burst: f64, max_sources: usize) -> Self {
-        Self { rate: rate_per_sec, burst, max_sources, buckets: HashMap::new() }
+        Self {
+            rate: rate_per_sec,
+            burst,
+            max_sources,
+            buckets: HashMap::new(),
+        }
     }
 
     /// Takes one token for `src` at `now`; false = over the limit.
@@ -24,7 +29,9 @@ impl RateLimiter {
         if self.buckets.len() >= self.max_sources && !self.buckets.contains_key(&src) {
             let (rate, burst) = (self.rate, self.burst);
             // drop buckets that have refilled completely (they carry no state)
-            self.buckets.retain(|_, (tokens, t)| *tokens + now.duration_since(*t).as_secs_f64() * rate < burst);
+            self.buckets.retain(|_, (tokens, t)| {
+                *tokens + now.duration_since(*t).as_secs_f64() * rate < burst
+            });
             if self.buckets.len() >= self.max_sources {
                 return false;
             }

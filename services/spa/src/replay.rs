@@ -40,7 +40,9 @@ impl ReplayCache {
                 let Ok(line) = line else { break }; // a torn last line after a crash
                 lines += 1;
                 let mut it = line.split(' ');
-                let (Some(d), Some(t)) = (it.next(), it.next()) else { continue };
+                let (Some(d), Some(t)) = (it.next(), it.next()) else {
+                    continue;
+                };
                 let Ok(t) = t.parse::<i64>() else { continue };
                 if d.len() == 43 && now - t <= retention {
                     entries.insert(d.to_string(), t);
@@ -53,7 +55,14 @@ impl ReplayCache {
             .mode(0o600)
             .open(path)
             .with_context(|| format!("opening replay cache {}", path.display()))?;
-        let mut c = Self { path: path.to_owned(), file, entries, retention, max_entries, lines };
+        let mut c = Self {
+            path: path.to_owned(),
+            file,
+            entries,
+            retention,
+            max_entries,
+            lines,
+        };
         c.compact_if_needed(now)?;
         Ok(c)
     }
@@ -78,7 +87,11 @@ impl ReplayCache {
         }
         if self.entries.len() >= self.max_entries {
             self.expire(now);
-            anyhow::ensure!(self.entries.len() < self.max_entries, "replay cache full ({} entries)", self.max_entries);
+            anyhow::ensure!(
+                self.entries.len() < self.max_entries,
+                "replay cache full ({} entries)",
+                self.max_entries
+            );
         }
         writeln!(self.file, "{digest} {now}").context("appending to the replay cache")?;
         self.file.sync_data().context("syncing the replay cache")?;
@@ -113,7 +126,10 @@ impl ReplayCache {
 }
 
 pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

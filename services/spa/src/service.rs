@@ -66,8 +66,16 @@ impl Default for SpaConfig {
 /// The decision for one datagram.
 #[derive(Debug, PartialEq)]
 pub enum Decision {
-    Permit { user: String, addr: IpAddr, ports: Vec<packet::ProtoPort>, timeout_secs: u64 },
-    Deny { user: Option<String>, reject: Reject },
+    Permit {
+        user: String,
+        addr: IpAddr,
+        ports: Vec<packet::ProtoPort>,
+        timeout_secs: u64,
+    },
+    Deny {
+        user: Option<String>,
+        reject: Reject,
+    },
 }
 
 pub struct Gate {
@@ -80,26 +88,48 @@ pub struct Gate {
 }
 
 fn deny(user: Option<&str>, stage: Stage, reason: impl Into<String>) -> Decision {
-    Decision::Deny { user: user.map(str::to_owned), reject: Reject { stage, reason: reason.into() } }
+    Decision::Deny {
+        user: user.map(str::to_owned),
+        reject: Reject {
+            stage,
+            reason: reason.into(),
+        },
+    }
 }
 
 impl Gate {
     pub fn new(cfg: SpaConfig, users: Arc<RwLock<Vec<User>>>, replay: ReplayCache) -> Self {
         let limiter = RateLimiter::new(cfg.rate_per_sec, cfg.burst, 65536);
-        Self { cfg, users, replay, limiter, log_limiter: RateLimiter::new(1.0, 5.0, 4096), suppressed: 0 }
+        Self {
+            cfg,
+            users,
+            replay,
+            limiter,
+            log_limiter: RateLimiter::new(1.0, 5.0, 4096),
+            suppressed: 0,
+        }
     }
 
     /// Decides one datagram from `src` at Unix time `now`.
     pub fn handle(&mut self, src: IpAddr, payload: &[u8], now: i64, mono: Instant) -> Decision {
         let spa = match packet::preprocess(payload, false) {
             Ok(s) => s,
-            Err(r) => return Decision::Deny { user: None, reject: r },
+            Err(r) => {
+                return Decision::Deny {
+                    user: None,
+                    reject: r,
+                }
+            }
         };
         if self.replay.contains(&spa.replay_digest) {
             return deny(None, Stage::Replay, "replayed SPA packet");
         }
         if !self.limiter.allow(src, mono) {
-            return deny(None, Stage::RateLimit, "too many SPA attempts from this source");
+            return deny(
+                None,
+                Stage::RateLimit,
+                "too many SPA attempts from this source",
+            );
         }
         let users = self.users.read().unwrap_or_else(|p| p.into_inner());
         let mut last: Option<Reject> = None;
@@ -120,23 +150,43 @@ impl Gate {
         let Some((u, f)) = matched else {
             return Decision::Deny {
                 user: None,
-                reject: last.unwrap_or(Reject { stage: Stage::Policy, reason: "no user accepts this source".into() }),
+                reject: last.unwrap_or(Reject {
+                    stage: Stage::Policy,
+                    reason: "no user accepts this source".into(),
+                }),
             };
         };
         // used up from here on, whatever the policy says (as fwknopd does)
         match self.replay.insert(&spa.replay_digest, now) {
             Ok(true) => {}
             Ok(false) => return deny(Some(&u.name), Stage::Replay, "replayed SPA packet"),
-            Err(e) => return deny(Some(&u.name), Stage::Replay, format!("replay cache unavailable: {e:#}")),
+            Err(e) => {
+                return deny(
+                    Some(&u.name),
+                    Stage::Replay,
+                    format!("replay cache unavailable: {e:#}"),
+                )
+            }
         }
         if let Err(r) = packet::check_age(&f, now, self.cfg.max_age_secs) {
-            return Decision::Deny { user: Some(u.name.clone()), reject: r };
+            return Decision::Deny {
+                user: Some(u.name.clone()),
+                reject: r,
+            };
         }
         if f.username != u.name {
-            return deny(Some(&u.name), Stage::Policy, format!("packet user {:?} is not the key's user", f.username));
+            return deny(
+                Some(&u.name),
+                Stage::Policy,
+                format!("packet user {:?} is not the key's user", f.username),
+            );
         }
         if f.message_type != 1 && f.message_type != 3 {
-            return deny(Some(&u.name), Stage::Policy, format!("message type {} not allowed (access only)", f.message_type));
+            return deny(
+                Some(&u.name),
+                Stage::Policy,
+                format!("message type {} not allowed (access only)", f.message_type),
+            );
         }
         let src_v4 = match src {
             IpAddr::V4(a) => Some(a),
@@ -144,45 +194,83 @@ impl Gate {
         };
         let addr: IpAddr = if f.allow_ip.is_unspecified() {
             if u.require_source_address {
-                return deny(Some(&u.name), Stage::Policy, "allow IP 0.0.0.0 but the source address is required");
+                return deny(
+                    Some(&u.name),
+                    Stage::Policy,
+                    "allow IP 0.0.0.0 but the source address is required",
+                );
             }
             src
         } else {
             if u.require_source_address && src_v4 != Some(f.allow_ip) {
-                return deny(Some(&u.name), Stage::Policy, format!("allow IP {} differs from the source address", f.allow_ip));
+                return deny(
+                    Some(&u.name),
+                    Stage::Policy,
+                    format!("allow IP {} differs from the source address", f.allow_ip),
+                );
             }
             IpAddr::V4(f.allow_ip)
         };
         if let Some(p) = f.access.iter().find(|p| !u.ports.contains(p)) {
-            return deny(Some(&u.name), Stage::Policy, format!("{p} is not allowed for this user"));
+            return deny(
+                Some(&u.name),
+                Stage::Policy,
+                format!("{p} is not allowed for this user"),
+            );
         }
         let mut timeout = u.timeout_secs;
         if f.client_timeout > 0 {
             timeout = timeout.min(f.client_timeout as u64);
         }
-        Decision::Permit { user: u.name.clone(), addr, ports: f.access.clone(), timeout_secs: timeout }
+        Decision::Permit {
+            user: u.name.clone(),
+            addr,
+            ports: f.access.clone(),
+            timeout_secs: timeout,
+        }
     }
 
     /// Applies and reports a decision.
     fn act(&mut self, src: SocketAddr, d: Decision, mono: Instant) {
         let src_ip = canonical(src.ip());
         match d {
-            Decision::Permit { user, addr, ports, timeout_secs } => {
+            Decision::Permit {
+                user,
+                addr,
+                ports,
+                timeout_secs,
+            } => {
                 let mut errors = Vec::new();
                 if self.cfg.firewall {
                     for p in &ports {
-                        let proto = if p.tcp { gwos_netfilter::Proto::Tcp } else { gwos_netfilter::Proto::Udp };
-                        if let Err(e) = gwos_netfilter::spa_allow(addr, proto, p.port, Duration::from_secs(timeout_secs)) {
+                        let proto = if p.tcp {
+                            gwos_netfilter::Proto::Tcp
+                        } else {
+                            gwos_netfilter::Proto::Udp
+                        };
+                        if let Err(e) = gwos_netfilter::spa_allow(
+                            addr,
+                            proto,
+                            p.port,
+                            Duration::from_secs(timeout_secs),
+                        ) {
                             errors.push(e.to_string());
                         }
                     }
                 }
-                let kind = if errors.is_empty() { "spa.permit" } else { "spa.error" };
+                let kind = if errors.is_empty() {
+                    "spa.permit"
+                } else {
+                    "spa.error"
+                };
                 let mut ev = Event::new("spa", kind)
                     .field("source", src_ip.to_string())
                     .field("user", user)
                     .field("allow", addr.to_string())
-                    .field("ports", ports.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+                    .field(
+                        "ports",
+                        ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                    )
                     .field("timeout_secs", timeout_secs);
                 if !errors.is_empty() {
                     ev = ev.field("error", errors.join("; "));
@@ -191,12 +279,19 @@ impl Gate {
             }
             Decision::Deny { user, reject } => {
                 // junk that never reached a key is logged at a bounded rate per source
-                let cheap = matches!(reject.stage, Stage::Transport | Stage::RateLimit | Stage::Hmac);
+                let cheap = matches!(
+                    reject.stage,
+                    Stage::Transport | Stage::RateLimit | Stage::Hmac
+                );
                 if cheap && !self.log_limiter.allow(src_ip, mono) {
                     self.suppressed += 1;
                     return;
                 }
-                let kind = if reject.stage == Stage::Replay { "spa.replay" } else { "spa.deny" };
+                let kind = if reject.stage == Stage::Replay {
+                    "spa.replay"
+                } else {
+                    "spa.deny"
+                };
                 let mut ev = Event::new("spa", kind)
                     .field("source", src_ip.to_string())
                     .field("stage", reject.stage.as_str())
@@ -238,10 +333,16 @@ pub fn build_users(cfg: &SpaConfig, state: &[UserConfig]) -> Result<Vec<User>> {
         if state.iter().any(|s| s.user == c.user) {
             continue;
         }
-        out.push(users::validate(c, &cfg.default_ports, cfg.default_timeout_secs, "site").map_err(|e| anyhow::anyhow!("[spa] users: {e}"))?);
+        out.push(
+            users::validate(c, &cfg.default_ports, cfg.default_timeout_secs, "site")
+                .map_err(|e| anyhow::anyhow!("[spa] users: {e}"))?,
+        );
     }
     for c in state {
-        out.push(users::validate(c, &cfg.default_ports, cfg.default_timeout_secs, "state").map_err(|e| anyhow::anyhow!("users.json: {e}"))?);
+        out.push(
+            users::validate(c, &cfg.default_ports, cfg.default_timeout_secs, "state")
+                .map_err(|e| anyhow::anyhow!("users.json: {e}"))?,
+        );
     }
     Ok(out)
 }
@@ -260,7 +361,9 @@ impl Rpc {
         match req.method.as_str() {
             "health" => {
                 let n = self.users.read().map(|u| u.len()).unwrap_or(0);
-                Response::ok(json!({"healthy": true, "users": n, "uptime_secs": self.started.elapsed().as_secs()}))
+                Response::ok(
+                    json!({"healthy": true, "users": n, "uptime_secs": self.started.elapsed().as_secs()}),
+                )
             }
             "spa_user_list" => {
                 let u = self.users.read().unwrap_or_else(|p| p.into_inner());
@@ -269,35 +372,62 @@ impl Rpc {
             "spa_user_set" => match serde_json::from_value::<UserConfig>(req.params.clone()) {
                 Err(e) => Response::err(format!("invalid parameters: {e}")),
                 Ok(c) => {
-                    if let Err(e) = users::validate(&c, &self.cfg.default_ports, self.cfg.default_timeout_secs, "state") {
+                    if let Err(e) = users::validate(
+                        &c,
+                        &self.cfg.default_ports,
+                        self.cfg.default_timeout_secs,
+                        "state",
+                    ) {
                         return Response::err(format!("invalid parameters: {e}"));
                     }
-                    self.update(|state| {
-                        state.retain(|s| s.user != c.user);
-                        state.push(c.clone());
-                        Ok(())
-                    }, "spa.user_set", &c.user)
+                    self.update(
+                        |state| {
+                            state.retain(|s| s.user != c.user);
+                            state.push(c.clone());
+                            Ok(())
+                        },
+                        "spa.user_set",
+                        &c.user,
+                    )
                 }
             },
             "spa_user_delete" => {
-                let Some(name) = req.params.get("user").and_then(Value::as_str).map(str::to_owned) else {
+                let Some(name) = req
+                    .params
+                    .get("user")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                else {
                     return Response::err("invalid parameters: need {\"user\": name}");
                 };
-                self.update(|state| {
-                    let before = state.len();
-                    state.retain(|s| s.user != name);
-                    if before == state.len() {
-                        let in_site = self.cfg.users.iter().any(|u| u.user == name);
-                        anyhow::bail!(if in_site { "user is defined in the site config (read-only)" } else { "no such user" });
-                    }
-                    Ok(())
-                }, "spa.user_delete", &name)
+                self.update(
+                    |state| {
+                        let before = state.len();
+                        state.retain(|s| s.user != name);
+                        if before == state.len() {
+                            let in_site = self.cfg.users.iter().any(|u| u.user == name);
+                            anyhow::bail!(if in_site {
+                                "user is defined in the site config (read-only)"
+                            } else {
+                                "no such user"
+                            });
+                        }
+                        Ok(())
+                    },
+                    "spa.user_delete",
+                    &name,
+                )
             }
             m => Response::err(format!("unknown method {m:?}")),
         }
     }
 
-    fn update(&self, f: impl FnOnce(&mut Vec<UserConfig>) -> Result<()>, kind: &str, name: &str) -> Response {
+    fn update(
+        &self,
+        f: impl FnOnce(&mut Vec<UserConfig>) -> Result<()>,
+        kind: &str,
+        name: &str,
+    ) -> Response {
         let result = (|| -> Result<()> {
             let mut state = users::load_state(&self.state_path)?;
             f(&mut state)?;
@@ -317,7 +447,10 @@ impl Rpc {
 }
 
 fn bind(cfg: &SpaConfig) -> Result<UdpSocket> {
-    let ip: IpAddr = cfg.bind.parse().with_context(|| format!("[spa] bind {:?} is not an address", cfg.bind))?;
+    let ip: IpAddr = cfg
+        .bind
+        .parse()
+        .with_context(|| format!("[spa] bind {:?} is not an address", cfg.bind))?;
     match UdpSocket::bind(SocketAddr::new(ip, cfg.port)) {
         Ok(s) => Ok(s),
         Err(e) if ip.is_unspecified() && ip.is_ipv6() => {
@@ -331,27 +464,51 @@ fn bind(cfg: &SpaConfig) -> Result<UdpSocket> {
 
 pub fn run(ctx: ServiceContext) -> Result<()> {
     let cfg: SpaConfig = ctx.site.section("spa")?;
-    anyhow::ensure!(cfg.max_age_secs > 0 && cfg.max_age_secs <= 3600, "[spa] max_age_secs must be 1..=3600");
-    anyhow::ensure!(cfg.rate_per_sec > 0.0 && cfg.burst >= 1.0, "[spa] rate_per_sec and burst must be positive");
+    anyhow::ensure!(
+        cfg.max_age_secs > 0 && cfg.max_age_secs <= 3600,
+        "[spa] max_age_secs must be 1..=3600"
+    );
+    anyhow::ensure!(
+        cfg.rate_per_sec > 0.0 && cfg.burst >= 1.0,
+        "[spa] rate_per_sec and burst must be positive"
+    );
     let state_path = ctx.state_dir.join("users.json");
     let state = users::load_state(&state_path)?;
     let users = Arc::new(RwLock::new(build_users(&cfg, &state)?));
-    let replay = ReplayCache::open(&ctx.state_dir.join("replay.log"), cfg.max_age_secs, cfg.max_replay_entries)?;
+    let replay = ReplayCache::open(
+        &ctx.state_dir.join("replay.log"),
+        cfg.max_age_secs,
+        cfg.max_replay_entries,
+    )?;
     let sock = bind(&cfg)?;
 
-    let rpc = Arc::new(Rpc { cfg: cfg.clone(), users: users.clone(), state_path, lock: Mutex::new(()), started: Instant::now() });
+    let rpc = Arc::new(Rpc {
+        cfg: cfg.clone(),
+        users: users.clone(),
+        state_path,
+        lock: Mutex::new(()),
+        started: Instant::now(),
+    });
     let sock_path = ctx.socket_path("spa");
     let allowed = vec![0, cfg.control_uid];
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name("spa-rpc".into()).spawn(move || {
-        let handler: gwos_core::rpc::Handler = Arc::new(move |req, _peer| rpc.handle(req));
-        if let Err(e) = rt.block_on(gwos_core::rpc::serve(&sock_path, allowed, handler)) {
-            eprintln!("spa: rpc server stopped: {e:#}");
-            std::process::exit(1);
-        }
-    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("spa-rpc".into())
+        .spawn(move || {
+            let handler: gwos_core::rpc::Handler = Arc::new(move |req, _peer| rpc.handle(req));
+            if let Err(e) = rt.block_on(gwos_core::rpc::serve(&sock_path, allowed, handler)) {
+                eprintln!("spa: rpc server stopped: {e:#}");
+                std::process::exit(1);
+            }
+        })?;
 
-    emit(&Event::new("spa", "spa.start").field("listen", sock.local_addr()?.to_string()).field("users", users.read().map(|u| u.len()).unwrap_or(0)));
+    emit(
+        &Event::new("spa", "spa.start")
+            .field("listen", sock.local_addr()?.to_string())
+            .field("users", users.read().map(|u| u.len()).unwrap_or(0)),
+    );
     let mut gate = Gate::new(cfg, users, replay);
     let mut buf = vec![0u8; 2048];
     loop {
@@ -373,10 +530,14 @@ mod tests {
     use crate::packet::ProtoPort;
 
     const K: &str = "PLJiB9FhMc635yVDYsXCvEgWl7Q60iCQNQBvN1inQ04=";
-    const H: &str = "YTMMjQ9STIx2+a0R1557B7q8N8jd3Zt1ryxkCDxe1g6mRlhD9YheNvRXhDIYy8tOmVId8lrSScZlygiX0bsRxA==";
+    const H: &str =
+        "YTMMjQ9STIx2+a0R1557B7q8N8jd3Zt1ryxkCDxe1g6mRlhD9YheNvRXhDIYy8tOmVId8lrSScZlygiX0bsRxA==";
 
     fn gate(dir: &std::path::Path, require: bool) -> Gate {
-        let mut cfg = SpaConfig { firewall: false, ..Default::default() };
+        let mut cfg = SpaConfig {
+            firewall: false,
+            ..Default::default()
+        };
         cfg.users.push(UserConfig {
             user: "alice".into(),
             key_base64: K.into(),
@@ -394,8 +555,19 @@ mod tests {
     }
 
     fn knock(allow: &str, port: u16, ts: i64, user: &str) -> String {
-        let k = Knock { user: user.into(), allow_ip: allow.parse().unwrap(), access: vec![ProtoPort { tcp: true, port }], client_timeout: 0, timestamp: ts };
-        encode(&k, &crate::crypto::b64d_strict(K).unwrap(), Some(&crate::crypto::b64d_strict(H).unwrap())).unwrap()
+        let k = Knock {
+            user: user.into(),
+            allow_ip: allow.parse().unwrap(),
+            access: vec![ProtoPort { tcp: true, port }],
+            client_timeout: 0,
+            timestamp: ts,
+        };
+        encode(
+            &k,
+            &crate::crypto::b64d_strict(K).unwrap(),
+            Some(&crate::crypto::b64d_strict(H).unwrap()),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -406,17 +578,43 @@ mod tests {
         let src: IpAddr = "10.0.0.2".parse().unwrap();
         let t = Instant::now();
         let p = knock("10.0.0.2", 443, now, "alice");
-        assert!(matches!(g.handle(src, p.as_bytes(), now, t), Decision::Permit { timeout_secs: 5, .. }));
+        assert!(matches!(
+            g.handle(src, p.as_bytes(), now, t),
+            Decision::Permit {
+                timeout_secs: 5,
+                ..
+            }
+        ));
         let stage = |d: Decision| match d {
             Decision::Deny { reject, .. } => reject.stage,
             d => panic!("permitted: {d:?}"),
         };
         assert_eq!(stage(g.handle(src, p.as_bytes(), now, t)), Stage::Replay);
-        assert_eq!(stage(g.handle(src, knock("10.0.0.9", 443, now, "alice").as_bytes(), now, t)), Stage::Policy);
-        assert_eq!(stage(g.handle(src, knock("0.0.0.0", 443, now, "alice").as_bytes(), now, t)), Stage::Policy);
-        assert_eq!(stage(g.handle(src, knock("10.0.0.2", 22, now, "alice").as_bytes(), now, t)), Stage::Policy);
-        assert_eq!(stage(g.handle(src, knock("10.0.0.2", 443, now, "bob").as_bytes(), now, t)), Stage::Policy);
-        assert_eq!(stage(g.handle(src, knock("10.0.0.2", 443, now - 500, "alice").as_bytes(), now, t)), Stage::Age);
+        assert_eq!(
+            stage(g.handle(src, knock("10.0.0.9", 443, now, "alice").as_bytes(), now, t)),
+            Stage::Policy
+        );
+        assert_eq!(
+            stage(g.handle(src, knock("0.0.0.0", 443, now, "alice").as_bytes(), now, t)),
+            Stage::Policy
+        );
+        assert_eq!(
+            stage(g.handle(src, knock("10.0.0.2", 22, now, "alice").as_bytes(), now, t)),
+            Stage::Policy
+        );
+        assert_eq!(
+            stage(g.handle(src, knock("10.0.0.2", 443, now, "bob").as_bytes(), now, t)),
+            Stage::Policy
+        );
+        assert_eq!(
+            stage(g.handle(
+                src,
+                knock("10.0.0.2", 443, now - 500, "alice").as_bytes(),
+                now,
+                t
+            )),
+            Stage::Age
+        );
         // replay survives a restart
         drop(g);
         let mut g = gate(dir.path(), true);
@@ -449,27 +647,79 @@ mod tests {
         }
         assert!(limited >= 980, "{limited}");
         let good: IpAddr = "10.0.0.2".parse().unwrap();
-        assert!(matches!(g.handle(good, knock("10.0.0.2", 443, now, "alice").as_bytes(), now, t), Decision::Permit { .. }));
+        assert!(matches!(
+            g.handle(
+                good,
+                knock("10.0.0.2", 443, now, "alice").as_bytes(),
+                now,
+                t
+            ),
+            Decision::Permit { .. }
+        ));
     }
 
     #[test]
     fn rpc_user_set_list_delete_persists_and_never_returns_keys() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = SpaConfig { firewall: false, ..Default::default() };
+        let cfg = SpaConfig {
+            firewall: false,
+            ..Default::default()
+        };
         let users = Arc::new(RwLock::new(build_users(&cfg, &[]).unwrap()));
-        let rpc = Rpc { cfg, users: users.clone(), state_path: dir.path().join("users.json"), lock: Mutex::new(()), started: Instant::now() };
-        let call = |m: &str, p: Value| rpc.handle(Request { method: m.into(), params: p, trace_id: None });
+        let rpc = Rpc {
+            cfg,
+            users: users.clone(),
+            state_path: dir.path().join("users.json"),
+            lock: Mutex::new(()),
+            started: Instant::now(),
+        };
+        let call = |m: &str, p: Value| {
+            rpc.handle(Request {
+                method: m.into(),
+                params: p,
+                trace_id: None,
+            })
+        };
         assert_eq!(call("health", json!({})).result["healthy"], true);
-        let r = call("spa_user_set", json!({"user": "bob", "key_base64": K, "hmac_key_base64": H}));
+        let r = call(
+            "spa_user_set",
+            json!({"user": "bob", "key_base64": K, "hmac_key_base64": H}),
+        );
         assert!(r.ok, "{r:?}");
-        assert!(!call("spa_user_set", json!({"user": "bob", "key_base64": "c2hvcnQ=", "hmac_key_base64": H})).ok);
-        assert!(!call("spa_user_set", json!({"user": "bob", "key_base64": K, "hmac_key_base64": K})).ok);
-        assert!(!call("spa_user_set", json!({"user": "bob", "key_base64": K, "hmac_key_base64": H, "extra": 1})).ok);
+        assert!(
+            !call(
+                "spa_user_set",
+                json!({"user": "bob", "key_base64": "c2hvcnQ=", "hmac_key_base64": H})
+            )
+            .ok
+        );
+        assert!(
+            !call(
+                "spa_user_set",
+                json!({"user": "bob", "key_base64": K, "hmac_key_base64": K})
+            )
+            .ok
+        );
+        assert!(
+            !call(
+                "spa_user_set",
+                json!({"user": "bob", "key_base64": K, "hmac_key_base64": H, "extra": 1})
+            )
+            .ok
+        );
         let l = call("spa_user_list", json!({}));
         let text = l.result.to_string();
-        assert!(text.contains("\"bob\"") && text.contains("SHA256:"), "{text}");
-        assert!(!text.contains(&K[..12]) && !text.contains(&H[..12]), "key material listed: {text}");
-        let on_disk: Vec<UserConfig> = gwos_core::state::read_json(&dir.path().join("users.json")).unwrap().unwrap();
+        assert!(
+            text.contains("\"bob\"") && text.contains("SHA256:"),
+            "{text}"
+        );
+        assert!(
+            !text.contains(&K[..12]) && !text.contains(&H[..12]),
+            "key material listed: {text}"
+        );
+        let on_disk: Vec<UserConfig> = gwos_core::state::read_json(&dir.path().join("users.json"))
+            .unwrap()
+            .unwrap();
         assert_eq!(on_disk.len(), 1);
         assert_eq!(users.read().unwrap().len(), 1);
         assert!(call("spa_user_delete", json!({"user": "bob"})).ok);

@@ -94,31 +94,52 @@ pub fn valid_name(u: &str) -> bool {
     !b.is_empty()
         && b.len() <= 32
         && b[0].is_ascii_lowercase()
-        && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
 }
 
 /// Strict validation of one user.
-pub fn validate(c: &UserConfig, default_ports: &[String], default_timeout: u64, origin: &'static str) -> Result<User, String> {
+pub fn validate(
+    c: &UserConfig,
+    default_ports: &[String],
+    default_timeout: u64,
+    origin: &'static str,
+) -> Result<User, String> {
     if !valid_name(&c.user) {
-        return Err(format!("user {:?} must match ^[a-z][a-z0-9_-]{{0,31}}$", c.user));
+        return Err(format!(
+            "user {:?} must match ^[a-z][a-z0-9_-]{{0,31}}$",
+            c.user
+        ));
     }
     let key = b64d_strict(&c.key_base64).ok_or("key_base64 is not valid base64")?;
     if !(16..=32).contains(&key.len()) {
-        return Err(format!("key_base64 must decode to 16..32 bytes, got {}", key.len()));
+        return Err(format!(
+            "key_base64 must decode to 16..32 bytes, got {}",
+            key.len()
+        ));
     }
     let hkey = b64d_strict(&c.hmac_key_base64).ok_or("hmac_key_base64 is not valid base64")?;
     if !(32..=128).contains(&hkey.len()) {
-        return Err(format!("hmac_key_base64 must decode to 32..128 bytes, got {}", hkey.len()));
+        return Err(format!(
+            "hmac_key_base64 must decode to 32..128 bytes, got {}",
+            hkey.len()
+        ));
     }
     if crate::crypto::ct_eq(&key, &hkey) {
         return Err("the HMAC key must differ from the encryption key".into());
     }
-    let hmac_type = HashType::parse(&c.hmac_type).ok_or(format!("unknown hmac_type {:?}", c.hmac_type))?;
-    let mode = Mode::parse(&c.encryption_mode).ok_or(format!("unknown encryption_mode {:?}", c.encryption_mode))?;
+    let hmac_type =
+        HashType::parse(&c.hmac_type).ok_or(format!("unknown hmac_type {:?}", c.hmac_type))?;
+    let mode = Mode::parse(&c.encryption_mode)
+        .ok_or(format!("unknown encryption_mode {:?}", c.encryption_mode))?;
     if mode == Mode::Legacy {
         return Err("encryption_mode legacy is not supported with an HMAC".into());
     }
-    let src_ports = if c.ports.is_empty() { default_ports } else { &c.ports[..] };
+    let src_ports = if c.ports.is_empty() {
+        default_ports
+    } else {
+        &c.ports[..]
+    };
     let mut ports = Vec::new();
     for p in src_ports {
         ports.push(ProtoPort::parse(p).ok_or(format!("bad port {p:?} (want tcp/N or udp/N)"))?);
@@ -128,7 +149,11 @@ pub fn validate(c: &UserConfig, default_ports: &[String], default_timeout: u64, 
     }
     let mut sources = Vec::new();
     for s in &c.sources {
-        let n = s.parse::<IpNet>().map(|n| n.trunc()).or_else(|_| s.parse::<IpAddr>().map(IpNet::from)).map_err(|_| format!("bad source {s:?}"))?;
+        let n = s
+            .parse::<IpNet>()
+            .map(|n| n.trunc())
+            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+            .map_err(|_| format!("bad source {s:?}"))?;
         sources.push(n);
     }
     let timeout_secs = c.timeout_secs.unwrap_or(default_timeout);
@@ -139,7 +164,12 @@ pub fn validate(c: &UserConfig, default_ports: &[String], default_timeout: u64, 
         name: c.user.clone(),
         key_fingerprint: fingerprint(&key),
         hmac_fingerprint: fingerprint(&hkey),
-        keys: Keys { key, hmac_key: Some(hkey), hmac_type, mode },
+        keys: Keys {
+            key,
+            hmac_key: Some(hkey),
+            hmac_type,
+            mode,
+        },
         ports,
         sources,
         require_source_address: c.require_source_address,
@@ -179,17 +209,47 @@ mod tests {
     fn strict_validation() {
         let d = vec!["tcp/443".to_string()];
         let u = validate(&cfg(), &d, 20, "site").unwrap();
-        assert_eq!(u.ports, vec![ProtoPort { tcp: true, port: 443 }]);
+        assert_eq!(
+            u.ports,
+            vec![ProtoPort {
+                tcp: true,
+                port: 443
+            }]
+        );
         let s = u.summary().to_string();
-        assert!(!s.contains("PLJiB9") && !s.contains("YTMM"), "key material in summary: {s}");
+        assert!(
+            !s.contains("PLJiB9") && !s.contains("YTMM"),
+            "key material in summary: {s}"
+        );
         for bad in [
-            UserConfig { user: "Alice".into(), ..cfg() },
-            UserConfig { key_base64: "c2hvcnQ=".into(), ..cfg() },
-            UserConfig { hmac_key_base64: cfg().key_base64, ..cfg() },
-            UserConfig { ports: vec!["icmp/1".into()], ..cfg() },
-            UserConfig { sources: vec!["10.0.0.0/33".into()], ..cfg() },
-            UserConfig { timeout_secs: Some(0), ..cfg() },
-            UserConfig { hmac_type: "crc32".into(), ..cfg() },
+            UserConfig {
+                user: "Alice".into(),
+                ..cfg()
+            },
+            UserConfig {
+                key_base64: "c2hvcnQ=".into(),
+                ..cfg()
+            },
+            UserConfig {
+                hmac_key_base64: cfg().key_base64,
+                ..cfg()
+            },
+            UserConfig {
+                ports: vec!["icmp/1".into()],
+                ..cfg()
+            },
+            UserConfig {
+                sources: vec!["10.0.0.0/33".into()],
+                ..cfg()
+            },
+            UserConfig {
+                timeout_secs: Some(0),
+                ..cfg()
+            },
+            UserConfig {
+                hmac_type: "crc32".into(),
+                ..cfg()
+            },
         ] {
             assert!(validate(&bad, &d, 20, "site").is_err());
         }

@@ -8,8 +8,12 @@ use crate::crypto::{b64d_lenient, HashType, Mode};
 use crate::packet::{self, Keys, Stage};
 
 fn vectors() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/spa/vectors.json");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("the SPA vectors are needed at {path}: {e}"));
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/spa/vectors.json"
+    );
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("the SPA vectors are needed at {path}: {e}"));
     serde_json::from_str(&text).unwrap()
 }
 
@@ -21,7 +25,9 @@ fn keys(v: &Value) -> Keys {
     };
     Keys {
         key,
-        hmac_key: k["hmac_key_base64"].as_str().map(|h| b64d_lenient(h.as_bytes()).unwrap()),
+        hmac_key: k["hmac_key_base64"]
+            .as_str()
+            .map(|h| b64d_lenient(h.as_bytes()).unwrap()),
         hmac_type: HashType::parse(k["hmac_type"].as_str().unwrap_or("sha256")).unwrap(),
         mode: Mode::parse(k["encryption_mode"].as_str().unwrap_or("CBC")).unwrap(),
     }
@@ -29,7 +35,9 @@ fn keys(v: &Value) -> Keys {
 
 fn payload(v: &Value) -> Vec<u8> {
     use base64::Engine;
-    base64::engine::general_purpose::STANDARD.decode(v["datagram_base64"].as_str().unwrap()).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(v["datagram_base64"].as_str().unwrap())
+        .unwrap()
 }
 
 fn check_expected(id: &str, f: &packet::Fields, spa: &packet::Spa, exp: &Value) {
@@ -87,11 +95,19 @@ fn every_real_and_crafted_vector_decodes() {
                     let mut t = spa.data.clone().into_bytes();
                     t[pos] = if t[pos] == b'A' { b'B' } else { b'A' };
                     let t = packet::preprocess(&t, true).unwrap();
-                    assert_eq!(packet::decode_with(&t, &k).unwrap_err().stage, Stage::Hmac, "{id} tamper@{pos}");
+                    assert_eq!(
+                        packet::decode_with(&t, &k).unwrap_err().stage,
+                        Stage::Hmac,
+                        "{id} tamper@{pos}"
+                    );
                 }
                 let mut wrong = keys(v);
                 wrong.hmac_key.as_mut().unwrap().reverse();
-                assert_eq!(packet::decode_with(&spa, &wrong).unwrap_err().stage, Stage::Hmac, "{id} wrong hmac key");
+                assert_eq!(
+                    packet::decode_with(&spa, &wrong).unwrap_err().stage,
+                    Stage::Hmac,
+                    "{id} wrong hmac key"
+                );
             }
             n += 1;
         }
@@ -105,9 +121,15 @@ fn size_limit_vectors_follow_fwknopds_plain_stanza_verdict() {
     for v in vectors()["size_limit_vectors"].as_array().unwrap() {
         let id = v["id"].as_str().unwrap();
         let spa_len = v["spa_data"].as_str().unwrap().len();
-        let r = packet::preprocess(&payload(v), true).and_then(|s| packet::decode_with(&s, &keys(v)));
+        let r =
+            packet::preprocess(&payload(v), true).and_then(|s| packet::decode_with(&s, &keys(v)));
         if spa_len < 400 {
-            check_expected(id, &r.unwrap_or_else(|e| panic!("{id}: {e}")), &packet::preprocess(&payload(v), true).unwrap(), &v["expected"]);
+            check_expected(
+                id,
+                &r.unwrap_or_else(|e| panic!("{id}: {e}")),
+                &packet::preprocess(&payload(v), true).unwrap(),
+                &v["expected"],
+            );
         } else {
             assert_eq!(r.unwrap_err().stage, Stage::Transport, "{id}");
         }
@@ -134,10 +156,15 @@ fn every_negative_vector_is_refused_at_the_expected_stage() {
                 // only the replay cache can refuse it: prove ours does
                 assert_eq!(want, "replay", "{id} was accepted");
                 let dir = tempfile::tempdir().unwrap();
-                let mut cache = crate::replay::ReplayCache::open(&dir.path().join("replay.log"), 120, 1000).unwrap();
+                let mut cache =
+                    crate::replay::ReplayCache::open(&dir.path().join("replay.log"), 120, 1000)
+                        .unwrap();
                 let now = 1_800_000_000;
                 assert!(cache.insert(&spa.replay_digest, now).unwrap());
-                assert!(!cache.insert(&spa.replay_digest, now).unwrap(), "{id} replay not detected");
+                assert!(
+                    !cache.insert(&spa.replay_digest, now).unwrap(),
+                    "{id} replay not detected"
+                );
                 assert_eq!(spa.replay_digest, v["replay_digest"].as_str().unwrap());
             }
         }
@@ -154,13 +181,21 @@ fn client_packets_decode_with_our_parser() {
     let knock = crate::client::Knock {
         user: "alice".into(),
         allow_ip: "10.1.2.3".parse().unwrap(),
-        access: vec![packet::ProtoPort { tcp: true, port: 443 }],
+        access: vec![packet::ProtoPort {
+            tcp: true,
+            port: 443,
+        }],
         client_timeout: 0,
         timestamp: 1_800_000_000,
     };
     let s = crate::client::encode(&knock, &key, Some(&hk)).unwrap();
     let spa = packet::preprocess(s.as_bytes(), false).unwrap();
-    let k = Keys { key: key.to_vec(), hmac_key: Some(hk.to_vec()), hmac_type: HashType::Sha256, mode: Mode::Cbc };
+    let k = Keys {
+        key: key.to_vec(),
+        hmac_key: Some(hk.to_vec()),
+        hmac_type: HashType::Sha256,
+        mode: Mode::Cbc,
+    };
     let f = packet::decode_with(&spa, &k).unwrap();
     assert_eq!(f.username, "alice");
     assert_eq!(f.message, "10.1.2.3,tcp/443");

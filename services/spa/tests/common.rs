@@ -8,22 +8,41 @@ use std::time::{Duration, Instant};
 
 pub fn require_root_and_tools(tools: &[&str]) {
     assert!(
-        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(1) == 0,
+        std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .unwrap_or(1)
+            == 0,
         "this test creates network namespaces and must run as root"
     );
     for t in tools {
-        let ok = Command::new("sh").arg("-c").arg(format!("command -v {t}")).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
-        assert!(ok, "tool {t:?} is missing (Debian packages in .ci/debian-packages.txt)");
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {t}"))
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "tool {t:?} is missing (Debian packages in .ci/debian-packages.txt)"
+        );
     }
 }
 
 pub fn sh(cmd: &[&str]) -> Output {
-    Command::new(cmd[0]).args(&cmd[1..]).output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+    Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
 pub fn must(cmd: &[&str]) -> String {
     let o = sh(cmd);
-    assert!(o.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -56,7 +75,9 @@ pub struct Procs(pub Vec<Child>);
 
 impl Procs {
     pub fn spawn(&mut self, cmd: &mut Command) -> usize {
-        let c = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        let c = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
         self.0.push(c);
         self.0.len() - 1
     }
@@ -73,7 +94,13 @@ impl Drop for Procs {
 
 /// target/<profile> of this test binary (…/deps/<test> → …).
 pub fn target_profile_dir() -> PathBuf {
-    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf()
+    std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Builds (if needed) and returns `gwosd` and `gwos-nft-base`: $GWOSD /
@@ -90,12 +117,23 @@ pub fn binaries() -> (PathBuf, PathBuf) {
         let st = Command::new(cargo)
             .current_dir(&ws)
             .env("CARGO_TARGET_DIR", &target_root)
-            .args(["build", "-j2", "-p", "gwos-init", "-p", "gwos-netfilter", "--bins"])
+            .args([
+                "build",
+                "-j2",
+                "-p",
+                "gwos-init",
+                "-p",
+                "gwos-netfilter",
+                "--bins",
+            ])
             .status()
             .expect("running cargo build for gwosd");
         assert!(st.success(), "building gwosd and gwos-nft-base failed");
     }
-    (gwosd.unwrap_or(dir.join("gwosd")), base.unwrap_or(dir.join("gwos-nft-base")))
+    (
+        gwosd.unwrap_or(dir.join("gwosd")),
+        base.unwrap_or(dir.join("gwos-nft-base")),
+    )
 }
 
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {

@@ -14,7 +14,8 @@ use gwos_spa::crypto::b64d_strict;
 use gwos_spa::packet::ProtoPort;
 
 const K: &str = "PLJiB9FhMc635yVDYsXCvEgWl7Q60iCQNQBvN1inQ04=";
-const H: &str = "YTMMjQ9STIx2+a0R1557B7q8N8jd3Zt1ryxkCDxe1g6mRlhD9YheNvRXhDIYy8tOmVId8lrSScZlygiX0bsRxA==";
+const H: &str =
+    "YTMMjQ9STIx2+a0R1557B7q8N8jd3Zt1ryxkCDxe1g6mRlhD9YheNvRXhDIYy8tOmVId8lrSScZlygiX0bsRxA==";
 
 #[test]
 fn fwknopd_accepts_gwos_knock_packets() {
@@ -34,7 +35,9 @@ fn fwknopd_accepts_gwos_knock_packets() {
     let mut procs = Procs::default();
     procs.spawn(
         Command::new("ip")
-            .args(["netns", "exec", &ns, "fwknopd", "--test", "-f", "-i", "lo", "-c"])
+            .args([
+                "netns", "exec", &ns, "fwknopd", "--test", "-f", "-i", "lo", "-c",
+            ])
             .arg(&conf)
             .arg("-a")
             .arg(&access)
@@ -43,21 +46,46 @@ fn fwknopd_accepts_gwos_knock_packets() {
             .arg("-p")
             .arg(d.join("fwknopd.pid"))
             .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap())),
+            .stderr(Stdio::from(
+                std::fs::File::options().append(true).open(&log).unwrap(),
+            )),
     );
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_until("fwknopd UDP server", Duration::from_secs(10), || read().contains("UDP server"));
+    wait_until("fwknopd UDP server", Duration::from_secs(10), || {
+        read().contains("UDP server")
+    });
     std::thread::sleep(Duration::from_millis(300));
 
     let key = b64d_strict(K).unwrap();
     let hkey = b64d_strict(H).unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let knocks = [
-        Knock { user: "alice".into(), allow_ip: "127.0.0.1".parse().unwrap(), access: vec![ProtoPort { tcp: true, port: 443 }], client_timeout: 0, timestamp: now },
         Knock {
             user: "alice".into(),
             allow_ip: "127.0.0.1".parse().unwrap(),
-            access: vec![ProtoPort { tcp: true, port: 443 }, ProtoPort { tcp: false, port: 51820 }],
+            access: vec![ProtoPort {
+                tcp: true,
+                port: 443,
+            }],
+            client_timeout: 0,
+            timestamp: now,
+        },
+        Knock {
+            user: "alice".into(),
+            allow_ip: "127.0.0.1".parse().unwrap(),
+            access: vec![
+                ProtoPort {
+                    tcp: true,
+                    port: 443,
+                },
+                ProtoPort {
+                    tcp: false,
+                    port: 51820,
+                },
+            ],
             client_timeout: 15,
             timestamp: now,
         },
@@ -65,20 +93,45 @@ fn fwknopd_accepts_gwos_knock_packets() {
     let send = |payload: &str, i: usize| {
         let f = d.join(format!("pkt{i}"));
         std::fs::write(&f, payload).unwrap();
-        must(&["ip", "netns", "exec", &ns, "socat", "-u", &format!("FILE:{}", f.display()), "UDP:127.0.0.1:62201"]);
+        must(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "socat",
+            "-u",
+            &format!("FILE:{}", f.display()),
+            "UDP:127.0.0.1:62201",
+        ]);
     };
     for (i, k) in knocks.iter().enumerate() {
         let p = encode(k, &key, Some(&hkey)).unwrap();
         send(&p, i);
-        wait_until(&format!("fwknopd accepting knock {i}"), Duration::from_secs(5), || {
-            read().matches("--test mode enabled, skipping firewall manipulation").count() > i
-        });
+        wait_until(
+            &format!("fwknopd accepting knock {i}"),
+            Duration::from_secs(5),
+            || {
+                read()
+                    .matches("--test mode enabled, skipping firewall manipulation")
+                    .count()
+                    > i
+            },
+        );
     }
     // wrong HMAC key: fwknopd must refuse it
     let mut bad_h = hkey.clone();
     bad_h.reverse();
     send(&encode(&knocks[0], &key, Some(&bad_h)).unwrap(), 9);
-    wait_until("fwknopd refusing the forged packet", Duration::from_secs(5), || read().contains("HMAC"));
-    assert_eq!(read().matches("--test mode enabled").count(), knocks.len(), "{}", read());
+    wait_until(
+        "fwknopd refusing the forged packet",
+        Duration::from_secs(5),
+        || read().contains("HMAC"),
+    );
+    assert_eq!(
+        read().matches("--test mode enabled").count(),
+        knocks.len(),
+        "{}",
+        read()
+    );
     println!("fwknopd log:\n{}", read());
 }

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use common::*;
 
 const K: &str = "PLJiB9FhMc635yVDYsXCvEgWl7Q60iCQNQBvN1inQ04=";
-const H: &str = "YTMMjQ9STIx2+a0R1557B7q8N8jd3Zt1ryxkCDxe1g6mRlhD9YheNvRXhDIYy8tOmVId8lrSScZlygiX0bsRxA==";
+const H: &str =
+    "YTMMjQ9STIx2+a0R1557B7q8N8jd3Zt1ryxkCDxe1g6mRlhD9YheNvRXhDIYy8tOmVId8lrSScZlygiX0bsRxA==";
 
 fn connect(ns: &str, from: &str, to: &str) -> bool {
     Command::new("ip")
@@ -27,7 +28,13 @@ fn connect(ns: &str, from: &str, to: &str) -> bool {
 }
 
 fn spa_set(gw: &str) -> String {
-    String::from_utf8_lossy(&sh(&["ip", "netns", "exec", gw, "nft", "list", "set", "inet", "gwos", "spa_v4"]).stdout).into_owned()
+    String::from_utf8_lossy(
+        &sh(&[
+            "ip", "netns", "exec", gw, "nft", "list", "set", "inet", "gwos", "spa_v4",
+        ])
+        .stdout,
+    )
+    .into_owned()
 }
 
 #[test]
@@ -38,7 +45,9 @@ fn fwknop_client_opens_tcp_443_for_x_only_then_closes_and_replay_is_refused() {
     let (gw, cl) = (format!("gwspa{id}g"), format!("gwspa{id}c"));
     let _ns = Netns::new(&[&gw, &cl]);
     let (vg, vc) = (format!("vg{id}"), format!("vc{id}"));
-    must(&["ip", "link", "add", &vg, "netns", &gw, "type", "veth", "peer", "name", &vc, "netns", &cl]);
+    must(&[
+        "ip", "link", "add", &vg, "netns", &gw, "type", "veth", "peer", "name", &vc, "netns", &cl,
+    ]);
     must(&["ip", "-n", &gw, "addr", "add", "10.201.0.1/24", "dev", &vg]);
     must(&["ip", "-n", &cl, "addr", "add", "10.201.0.2/24", "dev", &vc]);
     must(&["ip", "-n", &cl, "addr", "add", "10.201.0.3/24", "dev", &vc]);
@@ -54,10 +63,28 @@ fn fwknop_client_opens_tcp_443_for_x_only_then_closes_and_replay_is_refused() {
         ),
     )
     .unwrap();
-    must(&["ip", "netns", "exec", &gw, nft_base.to_str().unwrap(), site.to_str().unwrap()]);
+    must(&[
+        "ip",
+        "netns",
+        "exec",
+        &gw,
+        nft_base.to_str().unwrap(),
+        site.to_str().unwrap(),
+    ]);
 
     let mut procs = Procs::default();
-    procs.spawn(Command::new("ip").args(["netns", "exec", &gw, "socat", "TCP-LISTEN:443,fork,reuseaddr", "EXEC:cat"]).stderr(Stdio::null()));
+    procs.spawn(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &gw,
+                "socat",
+                "TCP-LISTEN:443,fork,reuseaddr",
+                "EXEC:cat",
+            ])
+            .stderr(Stdio::null()),
+    );
     let events = tmp.path().join("events.jsonl");
     let state = tmp.path().join("state");
     let run = tmp.path().join("run");
@@ -74,13 +101,21 @@ fn fwknop_client_opens_tcp_443_for_x_only_then_closes_and_replay_is_refused() {
             .stdout(std::fs::File::create(&events).unwrap()),
     );
     let read_events = || std::fs::read_to_string(&events).unwrap_or_default();
-    wait_until("spa.start", Duration::from_secs(10), || read_events().contains("spa.start"));
+    wait_until("spa.start", Duration::from_secs(10), || {
+        read_events().contains("spa.start")
+    });
     wait_until("the tcp/443 listener", Duration::from_secs(5), || {
-        sh(&["ip", "netns", "exec", &gw, "ss", "-ltn", "sport = :443"]).stdout.windows(4).any(|w| w == b"443 " || w == b":443")
+        sh(&["ip", "netns", "exec", &gw, "ss", "-ltn", "sport = :443"])
+            .stdout
+            .windows(4)
+            .any(|w| w == b"443 " || w == b":443")
     });
 
     // closed before the knock, for both addresses
-    assert!(!connect(&cl, "10.201.0.2", "10.201.0.1"), "tcp/443 open before any knock");
+    assert!(
+        !connect(&cl, "10.201.0.2", "10.201.0.1"),
+        "tcp/443 open before any knock"
+    );
 
     let home = tmp.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
@@ -89,22 +124,64 @@ fn fwknop_client_opens_tcp_443_for_x_only_then_closes_and_replay_is_refused() {
     let out = Command::new("ip")
         .args(["netns", "exec", &cl, "env"])
         .arg(format!("HOME={}", home.display()))
-        .args(["fwknop", "--no-rc-file", "--no-save-args", "-A", "tcp/443", "-a", "10.201.0.2", "-D", "10.201.0.1", "-U", "alice"])
-        .args(["--key-base64-rijndael", K, "--key-base64-hmac", H, "--use-hmac", "-B"])
+        .args([
+            "fwknop",
+            "--no-rc-file",
+            "--no-save-args",
+            "-A",
+            "tcp/443",
+            "-a",
+            "10.201.0.2",
+            "-D",
+            "10.201.0.1",
+            "-U",
+            "alice",
+        ])
+        .args([
+            "--key-base64-rijndael",
+            K,
+            "--key-base64-hmac",
+            H,
+            "--use-hmac",
+            "-B",
+        ])
         .arg(&pkt)
         .output()
         .unwrap();
-    assert!(out.status.success(), "fwknop failed: {}", String::from_utf8_lossy(&out.stderr));
-    wait_until("the spa_v4 element", Duration::from_secs(5), || spa_set(&gw).contains("10.201.0.2 . tcp . 443"));
+    assert!(
+        out.status.success(),
+        "fwknop failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("the spa_v4 element", Duration::from_secs(5), || {
+        spa_set(&gw).contains("10.201.0.2 . tcp . 443")
+    });
     println!("knock → element present in {:?}", knock_sent.elapsed());
-    assert!(read_events().contains("\"spa.permit\""), "no permit event:\n{}", read_events());
+    assert!(
+        read_events().contains("\"spa.permit\""),
+        "no permit event:\n{}",
+        read_events()
+    );
 
-    assert!(connect(&cl, "10.201.0.2", "10.201.0.1"), "tcp/443 not open for X after the knock");
-    assert!(!connect(&cl, "10.201.0.3", "10.201.0.1"), "tcp/443 open for Y, which did not knock");
+    assert!(
+        connect(&cl, "10.201.0.2", "10.201.0.1"),
+        "tcp/443 not open for X after the knock"
+    );
+    assert!(
+        !connect(&cl, "10.201.0.3", "10.201.0.1"),
+        "tcp/443 open for Y, which did not knock"
+    );
 
     // an established connection from X outlives the element
     let mut conn = Command::new("ip")
-        .args(["netns", "exec", &cl, "socat", "STDIO", "TCP:10.201.0.1:443,bind=10.201.0.2"])
+        .args([
+            "netns",
+            "exec",
+            &cl,
+            "socat",
+            "STDIO",
+            "TCP:10.201.0.1:443,bind=10.201.0.2",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -117,9 +194,17 @@ fn fwknop_client_opens_tcp_443_for_x_only_then_closes_and_replay_is_refused() {
     assert_eq!(line, "before\n");
     procs.0.push(conn);
 
-    wait_until("the element to expire", Duration::from_secs(8), || !spa_set(&gw).contains("10.201.0.2"));
-    println!("element gone {:?} after the knock (timeout 3 s)", knock_sent.elapsed());
-    assert!(!connect(&cl, "10.201.0.2", "10.201.0.1"), "new connection from X accepted after the timeout");
+    wait_until("the element to expire", Duration::from_secs(8), || {
+        !spa_set(&gw).contains("10.201.0.2")
+    });
+    println!(
+        "element gone {:?} after the knock (timeout 3 s)",
+        knock_sent.elapsed()
+    );
+    assert!(
+        !connect(&cl, "10.201.0.2", "10.201.0.1"),
+        "new connection from X accepted after the timeout"
+    );
     line.clear();
     writeln!(cin, "after").unwrap();
     cout.read_line(&mut line).unwrap();
@@ -129,10 +214,24 @@ fn fwknop_client_opens_tcp_443_for_x_only_then_closes_and_replay_is_refused() {
     let spa = std::fs::read_to_string(&pkt).unwrap();
     let raw = tmp.path().join("raw.spa");
     std::fs::write(&raw, spa.trim_end()).unwrap();
-    must(&["ip", "netns", "exec", &cl, "socat", "-u", &format!("FILE:{}", raw.display()), "UDP:10.201.0.1:62201,bind=10.201.0.2"]);
-    wait_until("spa.replay event", Duration::from_secs(5), || read_events().contains("\"spa.replay\""));
+    must(&[
+        "ip",
+        "netns",
+        "exec",
+        &cl,
+        "socat",
+        "-u",
+        &format!("FILE:{}", raw.display()),
+        "UDP:10.201.0.1:62201,bind=10.201.0.2",
+    ]);
+    wait_until("spa.replay event", Duration::from_secs(5), || {
+        read_events().contains("\"spa.replay\"")
+    });
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!spa_set(&gw).contains("10.201.0.2"), "replay re-opened the port");
+    assert!(
+        !spa_set(&gw).contains("10.201.0.2"),
+        "replay re-opened the port"
+    );
     assert!(!connect(&cl, "10.201.0.2", "10.201.0.1"));
     let ev = read_events();
     let replay_line = ev.lines().find(|l| l.contains("spa.replay")).unwrap();

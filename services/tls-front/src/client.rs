@@ -106,7 +106,10 @@ impl ConnectOptions {
             (None, None) => None,
             _ => anyhow::bail!("--knock-key-file and --knock-user go together"),
         };
-        anyhow::ensure!(a.connect_timeout_secs > 0, "--connect-timeout-secs must be positive");
+        anyhow::ensure!(
+            a.connect_timeout_secs > 0,
+            "--connect-timeout-secs must be positive"
+        );
         Ok(Self {
             listen: a.listen,
             server: a.server,
@@ -144,13 +147,23 @@ impl KnockConfig {
         let knock = gwos_spa::client::Knock {
             user: self.user.clone(),
             allow_ip,
-            access: vec![gwos_spa::packet::ProtoPort { tcp: true, port: tls.port() }],
+            access: vec![gwos_spa::packet::ProtoPort {
+                tcp: true,
+                port: tls.port(),
+            }],
             client_timeout: 0,
-            timestamp: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64,
+            timestamp: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs() as i64,
         };
         let dest = SocketAddr::new(tls.ip(), self.port);
-        gwos_spa::client::send(&knock, self.keys.key(), Some(self.keys.hmac()), dest).context("sending the SPA knock")?;
-        eprintln!("gwos connect: knocked {dest} as {} for tcp/{} (allow ip {allow_ip})", self.user, tls.port());
+        gwos_spa::client::send(&knock, self.keys.key(), Some(self.keys.hmac()), dest)
+            .context("sending the SPA knock")?;
+        eprintln!(
+            "gwos connect: knocked {dest} as {} for tcp/{} (allow ip {allow_ip})",
+            self.user,
+            tls.port()
+        );
         Ok(())
     }
 }
@@ -162,7 +175,8 @@ fn source_toward(dest: SocketAddr) -> Result<Ipv4Addr> {
         return Ok(Ipv4Addr::UNSPECIFIED);
     }
     let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
-    s.connect(dest).with_context(|| format!("no route to {dest}"))?;
+    s.connect(dest)
+        .with_context(|| format!("no route to {dest}"))?;
     Ok(match s.local_addr()?.ip() {
         IpAddr::V4(a) => a,
         IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
@@ -180,9 +194,19 @@ pub struct Dialer {
 
 impl Dialer {
     pub fn new(opts: &ConnectOptions) -> Result<Self> {
-        let cfg = Arc::new(crate::tls::client_config(&opts.pin, opts.client_auth.as_ref())?);
-        let name = rustls::pki_types::ServerName::try_from(opts.server_name.clone()).context("server name")?;
-        Ok(Self { cfg, server: opts.server.clone(), name, timeout: opts.connect_timeout, knock: opts.knock.clone() })
+        let cfg = Arc::new(crate::tls::client_config(
+            &opts.pin,
+            opts.client_auth.as_ref(),
+        )?);
+        let name = rustls::pki_types::ServerName::try_from(opts.server_name.clone())
+            .context("server name")?;
+        Ok(Self {
+            cfg,
+            server: opts.server.clone(),
+            name,
+            timeout: opts.connect_timeout,
+            knock: opts.knock.clone(),
+        })
     }
 
     /// One attempt: resolve, knock (if set) and wait, TCP connect, TLS handshake.
@@ -197,7 +221,9 @@ impl Dialer {
             tokio::time::sleep(k.wait).await;
         }
         let attempt = async {
-            let tcp = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+            let tcp = TcpStream::connect(addr)
+                .await
+                .with_context(|| format!("connecting to {addr}"))?;
             tcp.set_nodelay(true)?;
             tokio_rustls::TlsConnector::from(self.cfg.clone())
                 .connect(self.name.clone(), tcp)
@@ -212,7 +238,11 @@ impl Dialer {
 }
 
 /// Opens one pinned TLS connection without knock or client certificate.
-pub async fn dial(server: &str, server_name: &str, pin: &str) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+pub async fn dial(
+    server: &str,
+    server_name: &str,
+    pin: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
     Dialer::new(&ConnectOptions {
         listen: "127.0.0.1:0".parse()?,
         server: server.into(),
@@ -229,12 +259,18 @@ pub async fn dial(server: &str, server_name: &str, pin: &str) -> Result<tokio_ru
 /// Runs until an unrecoverable error (bad options); connection losses are retried.
 pub async fn run_connect(opts: ConnectOptions) -> Result<()> {
     let dialer = Dialer::new(&opts)?;
-    let udp = UdpSocket::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
+    let udp = UdpSocket::bind(opts.listen)
+        .await
+        .with_context(|| format!("binding {}", opts.listen))?;
     eprintln!(
         "gwos connect: WireGuard endpoint {} → TLS {}{}",
         udp.local_addr()?,
         opts.server,
-        if opts.knock.is_some() { " (SPA knock before each connection)" } else { "" }
+        if opts.knock.is_some() {
+            " (SPA knock before each connection)"
+        } else {
+            ""
+        }
     );
     let mut first = vec![0u8; frame::MAX_FRAME];
     let (n, mut wg) = udp.recv_from(&mut first).await?;
@@ -306,7 +342,8 @@ mod tests {
     use super::*;
 
     const K: &str = "PLJiB9FhMc635yVDYsXCvEgWl7Q60iCQNQBvN1inQ04=";
-    const H: &str = "YTMMjQ9STIx2+a0R1557B7q8N8jd3Zt1ryxkCDxe1g6mRlhD9YheNvRXhDIYy8tOmVId8lrSScZlygiX0bsRxA==";
+    const H: &str =
+        "YTMMjQ9STIx2+a0R1557B7q8N8jd3Zt1ryxkCDxe1g6mRlhD9YheNvRXhDIYy8tOmVId8lrSScZlygiX0bsRxA==";
 
     #[test]
     fn knock_is_a_valid_spa_packet_for_the_tls_port() {
@@ -333,6 +370,12 @@ mod tests {
         let f = gwos_spa::packet::decode_with(&spa, &keys).unwrap();
         assert_eq!(f.username, "alice");
         assert_eq!(f.allow_ip, Ipv4Addr::LOCALHOST);
-        assert_eq!(f.access, vec![gwos_spa::packet::ProtoPort { tcp: true, port: 8443 }]);
+        assert_eq!(
+            f.access,
+            vec![gwos_spa::packet::ProtoPort {
+                tcp: true,
+                port: 8443
+            }]
+        );
     }
 }

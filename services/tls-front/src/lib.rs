@@ -22,10 +22,15 @@ use serde_json::json;
 pub fn run(ctx: gwos_core::ServiceContext) -> Result<()> {
     let cfg: server::FrontConfig = ctx.site.section("tls-front")?;
     let id = tls::load_or_create_identity(&ctx.state_dir, &cfg.server_name)?;
-    let tls_cfg = Arc::new(tls::server_config(&id, cfg.client_ca.as_deref().map(std::path::Path::new))?);
+    let tls_cfg = Arc::new(tls::server_config(
+        &id,
+        cfg.client_ca.as_deref().map(std::path::Path::new),
+    )?);
     let counters = Arc::new(server::Counters::default());
     gwos_core::emit(
-        &gwos_core::Event::new(&ctx.name, "tls.start").field("listen", cfg.listen.clone()).field("spki_sha256", id.pin.clone()),
+        &gwos_core::Event::new(&ctx.name, "tls.start")
+            .field("listen", cfg.listen.clone())
+            .field("spki_sha256", id.pin.clone()),
     );
     let pin = id.pin.clone();
     let c2 = counters.clone();
@@ -43,7 +48,10 @@ pub fn run(ctx: gwos_core::ServiceContext) -> Result<()> {
     });
     let sock = ctx.socket_path("tls-front");
     let allowed = vec![0, cfg.control_uid];
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let name = ctx.name.clone();
     rt.block_on(async move {
         tokio::select! {

@@ -66,9 +66,18 @@ mod tests {
     #[test]
     fn pin_matches_rcgen_spki() {
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["gwos".into()]).unwrap().self_signed(&key).unwrap();
-        assert_eq!(spki_of_cert(cert.der()).unwrap(), key.public_key_der().as_slice());
-        assert_eq!(pin_of_cert(cert.der()).unwrap(), hex::encode(Sha256::digest(key.public_key_der())));
+        let cert = rcgen::CertificateParams::new(vec!["gwos".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert_eq!(
+            spki_of_cert(cert.der()).unwrap(),
+            key.public_key_der().as_slice()
+        );
+        assert_eq!(
+            pin_of_cert(cert.der()).unwrap(),
+            hex::encode(Sha256::digest(key.public_key_der()))
+        );
         assert!(spki_of_cert(&cert.der()[..40]).is_none());
         assert!(spki_of_cert(b"").is_none());
     }

@@ -97,7 +97,9 @@ pub async fn serve(
     counters: Arc<Counters>,
     service: String,
 ) -> Result<()> {
-    let listener = TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let listener = TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
     serve_on(listener, cfg, tls, counters, service).await
 }
 
@@ -109,7 +111,10 @@ pub async fn serve_on(
     counters: Arc<Counters>,
     service: String,
 ) -> Result<()> {
-    let vpn: SocketAddr = cfg.vpn.parse().with_context(|| format!("[tls-front] vpn {:?}", cfg.vpn))?;
+    let vpn: SocketAddr = cfg
+        .vpn
+        .parse()
+        .with_context(|| format!("[tls-front] vpn {:?}", cfg.vpn))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let cfg = Arc::new(cfg);
     loop {
@@ -124,16 +129,27 @@ pub async fn serve_on(
         let Some(slot) = take_slot(&counters, &cfg, peer.ip()) else {
             counters.refused_limit.fetch_add(1, Ordering::Relaxed);
             gwos_core::emit(
-                &gwos_core::Event::new(&service, "tls.refused").field("source", peer.to_string()).field("reason", "limit"),
+                &gwos_core::Event::new(&service, "tls.refused")
+                    .field("source", peer.to_string())
+                    .field("reason", "limit"),
             );
             drop(tcp);
             continue;
         };
-        let (acceptor, cfg, counters, service) = (acceptor.clone(), cfg.clone(), counters.clone(), service.clone());
+        let (acceptor, cfg, counters, service) = (
+            acceptor.clone(),
+            cfg.clone(),
+            counters.clone(),
+            service.clone(),
+        );
         tokio::spawn(async move {
             let _slot = slot;
             let _ = tcp.set_nodelay(true);
-            let hs = tokio::time::timeout(Duration::from_secs(cfg.handshake_timeout_secs), acceptor.accept(tcp)).await;
+            let hs = tokio::time::timeout(
+                Duration::from_secs(cfg.handshake_timeout_secs),
+                acceptor.accept(tcp),
+            )
+            .await;
             let tls = match hs {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -156,23 +172,44 @@ pub async fn serve_on(
                 }
             };
             counters.accepted.fetch_add(1, Ordering::Relaxed);
-            let suite = tls.get_ref().1.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
+            let suite = tls
+                .get_ref()
+                .1
+                .negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite()))
+                .unwrap_or_default();
             gwos_core::emit(
-                &gwos_core::Event::new(&service, "tls.open").field("source", peer.to_string()).field("suite", suite),
+                &gwos_core::Event::new(&service, "tls.open")
+                    .field("source", peer.to_string())
+                    .field("suite", suite),
             );
             let r = pump(tls, vpn, Duration::from_secs(cfg.idle_timeout_secs)).await;
             gwos_core::emit(
                 &gwos_core::Event::new(&service, "tls.close")
                     .field("source", peer.to_string())
-                    .field("reason", r.err().map(|e| format!("{e:#}")).unwrap_or_else(|| "eof".into())),
+                    .field(
+                        "reason",
+                        r.err()
+                            .map(|e| format!("{e:#}"))
+                            .unwrap_or_else(|| "eof".into()),
+                    ),
             );
         });
     }
 }
 
 /// Carries frames between the TLS stream and a fresh connected UDP socket.
-async fn pump(tls: tokio_rustls::server::TlsStream<TcpStream>, vpn: SocketAddr, idle: Duration) -> Result<()> {
-    let udp = UdpSocket::bind(if vpn.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" }).await?;
+async fn pump(
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    vpn: SocketAddr,
+    idle: Duration,
+) -> Result<()> {
+    let udp = UdpSocket::bind(if vpn.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    })
+    .await?;
     udp.connect(vpn).await?;
     carry(tls, udp, idle).await
 }

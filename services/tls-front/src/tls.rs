@@ -33,7 +33,9 @@ pub struct Identity {
 pub fn load_or_create_identity(state_dir: &Path, name: &str) -> Result<Identity> {
     let path = state_dir.join("tls.key.pem");
     let key = match std::fs::read_to_string(&path) {
-        Ok(pem) => rcgen::KeyPair::from_pem(&pem).with_context(|| format!("parsing {}", path.display()))?,
+        Ok(pem) => {
+            rcgen::KeyPair::from_pem(&pem).with_context(|| format!("parsing {}", path.display()))?
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = rcgen::KeyPair::generate().context("generating the TLS key")?;
             gwos_core::state::write_atomic(&path, key.serialize_pem().as_bytes())?;
@@ -42,11 +44,17 @@ pub fn load_or_create_identity(state_dir: &Path, name: &str) -> Result<Identity>
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     let mut params = rcgen::CertificateParams::new(vec![name.to_string()])?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
     let cert = params.self_signed(&key)?;
     let der = cert.der().clone();
     let pin = crate::pin::pin_of_cert(&der).context("own certificate has no SPKI")?;
-    Ok(Identity { cert: der, key_der: key.serialize_der(), pin })
+    Ok(Identity {
+        cert: der,
+        key_der: key.serialize_der(),
+        pin,
+    })
 }
 
 pub fn server_config(id: &Identity, client_ca: Option<&Path>) -> Result<rustls::ServerConfig> {
@@ -55,14 +63,18 @@ pub fn server_config(id: &Identity, client_ca: Option<&Path>) -> Result<rustls::
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let pem = std::fs::read(ca).with_context(|| format!("reading client CA {}", ca.display()))?;
+            let pem =
+                std::fs::read(ca).with_context(|| format!("reading client CA {}", ca.display()))?;
             let mut roots = rustls::RootCertStore::empty();
             for c in rustls_pemfile::certs(&mut pem.as_slice()) {
                 roots.add(c?)?;
             }
-            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .context("client CA verifier")?;
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .context("client CA verifier")?;
             builder.with_client_cert_verifier(v)
         }
     };
@@ -83,7 +95,10 @@ impl PinVerifier {
             .ok()
             .and_then(|v| v.try_into().ok())
             .context("pin must be 64 hex digits (sha256 of the server SPKI)")?;
-        Ok(Self { pin, provider: provider() })
+        Ok(Self {
+            pin,
+            provider: provider(),
+        })
     }
 }
 
@@ -96,12 +111,15 @@ impl ServerCertVerifier for PinVerifier {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let got = crate::pin::pin_of_cert(end_entity)
-            .ok_or(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+        let got = crate::pin::pin_of_cert(end_entity).ok_or(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadEncoding,
+        ))?;
         if got == hex::encode(self.pin) {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
         }
     }
 
@@ -111,7 +129,9 @@ impl ServerCertVerifier for PinVerifier {
         _c: &CertificateDer<'_>,
         _d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -120,11 +140,18 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -136,13 +163,19 @@ pub struct ClientAuth {
 
 impl std::fmt::Debug for ClientAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientAuth").field("certs", &self.certs.len()).field("key", &"<redacted>").finish()
+        f.debug_struct("ClientAuth")
+            .field("certs", &self.certs.len())
+            .field("key", &"<redacted>")
+            .finish()
     }
 }
 
 impl Clone for ClientAuth {
     fn clone(&self) -> Self {
-        Self { certs: self.certs.clone(), key: self.key.clone_key() }
+        Self {
+            certs: self.certs.clone(),
+            key: self.key.clone_key(),
+        }
     }
 }
 
@@ -154,12 +187,15 @@ impl ClientAuth {
     /// Reads a PEM certificate chain (leaf first) and a PEM private key
     /// (PKCS#8, PKCS#1 or SEC1).
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self> {
-        let pem = std::fs::read(cert).with_context(|| format!("reading client certificate {}", cert.display()))?;
+        let pem = std::fs::read(cert)
+            .with_context(|| format!("reading client certificate {}", cert.display()))?;
         let certs = rustls_pemfile::certs(&mut pem.as_slice())
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("parsing {}", cert.display()))?;
         anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", cert.display());
-        let pem = zeroize::Zeroizing::new(std::fs::read(key).with_context(|| format!("reading client key {}", key.display()))?);
+        let pem = zeroize::Zeroizing::new(
+            std::fs::read(key).with_context(|| format!("reading client key {}", key.display()))?,
+        );
         let key = rustls_pemfile::private_key(&mut pem.as_slice())
             .with_context(|| format!("parsing {}", key.display()))?
             .with_context(|| format!("{} holds no private key", key.display()))?;
@@ -174,6 +210,8 @@ pub fn client_config(pin_hex: &str, auth: Option<&ClientAuth>) -> Result<rustls:
         .with_custom_certificate_verifier(Arc::new(PinVerifier::new(pin_hex)?));
     Ok(match auth {
         None => b.with_no_client_auth(),
-        Some(a) => b.with_client_auth_cert(a.certs.clone(), a.key.clone_key()).context("client certificate and key")?,
+        Some(a) => b
+            .with_client_auth_cert(a.certs.clone(), a.key.clone_key())
+            .context("client certificate and key")?,
     })
 }

@@ -19,7 +19,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const K: &str = "PLJiB9FhMc635yVDYsXCvEgWl7Q60iCQNQBvN1inQ04=";
-const H: &str = "YTMMjQ9STIx2+a0R1557B7q8N8jd3Zt1ryxkCDxe1g6mRlhD9YheNvRXhDIYy8tOmVId8lrSScZlygiX0bsRxA==";
+const H: &str =
+    "YTMMjQ9STIx2+a0R1557B7q8N8jd3Zt1ryxkCDxe1g6mRlhD9YheNvRXhDIYy8tOmVId8lrSScZlygiX0bsRxA==";
 
 struct Env {
     ns: Vec<String>,
@@ -34,7 +35,11 @@ impl Drop for Env {
         }
         for n in &self.ns {
             // also what our children forked inside (socat's per-peer children)
-            let pids = Command::new("ip").args(["netns", "pids", n]).output().map(|o| o.stdout).unwrap_or_default();
+            let pids = Command::new("ip")
+                .args(["netns", "pids", n])
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default();
             for pid in String::from_utf8_lossy(&pids).split_whitespace() {
                 let _ = Command::new("kill").arg(pid).status();
             }
@@ -44,43 +49,81 @@ impl Drop for Env {
 }
 
 fn must(args: &[&str]) -> String {
-    let o = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("running {args:?}: {e}"));
-    assert!(o.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn require_root_and_tools() {
     assert!(
-        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(1) == 0,
+        std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .unwrap_or(1)
+            == 0,
         "this test creates network namespaces and must run as root"
     );
     for t in ["ip", "nft", "socat"] {
-        let ok = Command::new("sh").arg("-c").arg(format!("command -v {t}")).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {t}"))
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
         assert!(ok, "this test needs `{t}`");
     }
 }
 
 /// gwosd and gwos-nft-base ($GWOSD / $GWOS_NFT_BASE, else built into this target dir).
 fn binaries() -> (PathBuf, PathBuf) {
-    let profile = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
+    let profile = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let gwosd = std::env::var_os("GWOSD").map(PathBuf::from);
     let base = std::env::var_os("GWOS_NFT_BASE").map(PathBuf::from);
     if gwosd.is_none() || base.is_none() {
         let st = Command::new(env!("CARGO"))
             .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
             .env("CARGO_TARGET_DIR", profile.parent().unwrap())
-            .args(["build", "-q", "-p", "gwos-init", "--bin", "gwosd", "-p", "gwos-netfilter", "--bin", "gwos-nft-base"])
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "gwos-init",
+                "--bin",
+                "gwosd",
+                "-p",
+                "gwos-netfilter",
+                "--bin",
+                "gwos-nft-base",
+            ])
             .status()
             .expect("cargo build");
         assert!(st.success(), "building gwosd and gwos-nft-base failed");
     }
-    (gwosd.unwrap_or(profile.join("gwosd")), base.unwrap_or(profile.join("gwos-nft-base")))
+    (
+        gwosd.unwrap_or(profile.join("gwosd")),
+        base.unwrap_or(profile.join("gwos-nft-base")),
+    )
 }
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
-        assert!(t.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            t.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -136,14 +179,25 @@ impl Probe {
 }
 
 fn health(run: &Path) -> serde_json::Value {
-    let r = gwos_core::rpc::call(&run.join("tls-front.sock"), "health", serde_json::json!({}), None, Duration::from_secs(5)).unwrap();
+    let r = gwos_core::rpc::call(
+        &run.join("tls-front.sock"),
+        "health",
+        serde_json::json!({}),
+        None,
+        Duration::from_secs(5),
+    )
+    .unwrap();
     assert!(r.ok, "{:?}", r.error);
     r.result
 }
 
 fn count(events: &Path, kind: &str) -> usize {
     let pat = format!("\"kind\":\"{kind}\"");
-    std::fs::read_to_string(events).unwrap_or_default().lines().filter(|l| l.contains(&pat)).count()
+    std::fs::read_to_string(events)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&pat))
+        .count()
 }
 
 #[test]
@@ -153,15 +207,23 @@ fn connect_knocks_before_every_connection_and_only_then_gets_through() {
     let connect = env!("CARGO_BIN_EXE_gwos-connect");
     let id = std::process::id() % 100_000;
     let (gw, cl) = (format!("gwkg{id}"), format!("gwkc{id}"));
-    let mut env = Env { ns: vec![], children: vec![] };
+    let mut env = Env {
+        ns: vec![],
+        children: vec![],
+    };
     for n in [&gw, &cl] {
-        let _ = Command::new("ip").args(["netns", "del", n]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", n])
+            .stderr(Stdio::null())
+            .status();
         must(&["ip", "netns", "add", n]);
         env.ns.push(n.clone());
         must(&["ip", "-n", n, "link", "set", "lo", "up"]);
     }
     let (vg, vc) = (format!("vkg{id}"), format!("vkc{id}"));
-    must(&["ip", "link", "add", &vg, "netns", &gw, "type", "veth", "peer", "name", &vc, "netns", &cl]);
+    must(&[
+        "ip", "link", "add", &vg, "netns", &gw, "type", "veth", "peer", "name", &vc, "netns", &cl,
+    ]);
     must(&["ip", "-n", &gw, "addr", "add", "10.203.0.1/24", "dev", &vg]);
     must(&["ip", "-n", &cl, "addr", "add", "10.203.0.2/24", "dev", &vc]);
     must(&["ip", "-n", &gw, "link", "set", &vg, "up"]);
@@ -178,15 +240,34 @@ fn connect_knocks_before_every_connection_and_only_then_gets_through() {
         ),
     )
     .unwrap();
-    must(&["ip", "netns", "exec", &gw, nft_base.to_str().unwrap(), site.to_str().unwrap()]);
+    must(&[
+        "ip",
+        "netns",
+        "exec",
+        &gw,
+        nft_base.to_str().unwrap(),
+        site.to_str().unwrap(),
+    ]);
     // sanity: the base ruleset is there and tcp/443 is not open to anyone
-    let rules = must(&["ip", "netns", "exec", &gw, "nft", "list", "table", "inet", "gwos"]);
-    assert!(rules.contains("spa_v4") && !rules.contains("dport 443"), "{rules}");
+    let rules = must(&[
+        "ip", "netns", "exec", &gw, "nft", "list", "table", "inet", "gwos",
+    ]);
+    assert!(
+        rules.contains("spa_v4") && !rules.contains("dport 443"),
+        "{rules}"
+    );
 
     // the vpn stand-in: UDP echo on 127.0.0.1:51820 (one child per tls-front connection)
     env.children.push(
         Command::new("ip")
-            .args(["netns", "exec", &gw, "socat", "UDP-LISTEN:51820,bind=127.0.0.1,fork,reuseaddr", "PIPE"])
+            .args([
+                "netns",
+                "exec",
+                &gw,
+                "socat",
+                "UDP-LISTEN:51820,bind=127.0.0.1,fork,reuseaddr",
+                "PIPE",
+            ])
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -194,7 +275,11 @@ fn connect_knocks_before_every_connection_and_only_then_gets_through() {
     let run = dir.join("run");
     let events = dir.join("events.jsonl");
     for svc in ["spa", "tls-front"] {
-        let ev = std::fs::OpenOptions::new().create(true).append(true).open(&events).unwrap();
+        let ev = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&events)
+            .unwrap();
         env.children.push(
             Command::new("ip")
                 .args(["netns", "exec", &gw])
@@ -211,29 +296,56 @@ fn connect_knocks_before_every_connection_and_only_then_gets_through() {
                 .expect("gwosd"),
         );
         let sock = run.join(format!("{svc}.sock"));
-        wait_until(&format!("{}", sock.display()), Duration::from_secs(30), || sock.exists());
+        wait_until(
+            &format!("{}", sock.display()),
+            Duration::from_secs(30),
+            || sock.exists(),
+        );
     }
     let h = health(&run);
     assert_eq!(h["healthy"], true, "{h}");
     let pin = h["spki_sha256"].as_str().unwrap().to_string();
 
     let keys = dir.join("alice.keys");
-    std::fs::write(&keys, format!("# fwknop --key-gen\nKEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\n")).unwrap();
+    std::fs::write(
+        &keys,
+        format!("# fwknop --key-gen\nKEY_BASE64: {K}\nHMAC_KEY_BASE64: {H}\n"),
+    )
+    .unwrap();
     std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 
     let start_connect = |env: &mut Env, listen: &str, knock: bool, log: &Path| {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &cl, connect, "--server", "10.203.0.1:443", "--pin", &pin, "--listen", listen])
-            .args(["--connect-timeout-secs", "2"]);
+        c.args([
+            "netns",
+            "exec",
+            &cl,
+            connect,
+            "--server",
+            "10.203.0.1:443",
+            "--pin",
+            &pin,
+            "--listen",
+            listen,
+        ])
+        .args(["--connect-timeout-secs", "2"]);
         if knock {
-            c.arg("--knock-key-file").arg(&keys).args(["--knock-user", "alice", "--knock-wait-ms", "300"]);
+            c.arg("--knock-key-file").arg(&keys).args([
+                "--knock-user",
+                "alice",
+                "--knock-wait-ms",
+                "300",
+            ]);
         }
-        c.stdout(Stdio::null()).stderr(std::fs::File::create(log).unwrap());
+        c.stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
         env.children.push(c.spawn().expect("gwos-connect"));
         let idx = env.children.len() - 1;
         // the probe's first datagram must not meet a closed port (socat gives up on ICMP errors)
         wait_until("gwos-connect to listen", Duration::from_secs(10), || {
-            std::fs::read_to_string(log).unwrap_or_default().contains("WireGuard endpoint")
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .contains("WireGuard endpoint")
         });
         idx
     };
@@ -242,9 +354,15 @@ fn connect_knocks_before_every_connection_and_only_then_gets_through() {
     let plain_log = dir.join("connect-plain.log");
     let plain_client = start_connect(&mut env, "127.0.0.1:51831", false, &plain_log);
     let mut p = Probe::new(&mut env, &cl, "127.0.0.1:51831");
-    assert!(!p.echoes("no knock", Duration::from_secs(5)), "a datagram came back without a knock");
+    assert!(
+        !p.echoes("no knock", Duration::from_secs(5)),
+        "a datagram came back without a knock"
+    );
     let plain = std::fs::read_to_string(&plain_log).unwrap();
-    assert!(plain.contains("no TLS connection to 10.203.0.1:443 within"), "{plain}");
+    assert!(
+        plain.contains("no TLS connection to 10.203.0.1:443 within"),
+        "{plain}"
+    );
     assert_eq!(health(&run)["accepted"], 0);
     assert_eq!(count(&events, "spa.permit"), 0);
     // (a grant opens tcp/443 for the knocking address, so a client sharing
@@ -257,30 +375,59 @@ fn connect_knocks_before_every_connection_and_only_then_gets_through() {
     let knock_log = dir.join("connect-knock.log");
     start_connect(&mut env, "127.0.0.1:51832", true, &knock_log);
     let mut p = Probe::new(&mut env, &cl, "127.0.0.1:51832");
-    assert!(p.echoes("knocked", Duration::from_secs(10)), "no echo through the knocked TLS connection; logs in {}", dir.display());
+    assert!(
+        p.echoes("knocked", Duration::from_secs(10)),
+        "no echo through the knocked TLS connection; logs in {}",
+        dir.display()
+    );
     assert_eq!(count(&events, "spa.permit"), 1);
     let ev = std::fs::read_to_string(&events).unwrap();
     let permit = ev.lines().find(|l| l.contains("\"spa.permit\"")).unwrap();
-    assert!(permit.contains("\"allow\":\"10.203.0.2\"") && permit.contains("tcp/443"), "{permit}");
+    assert!(
+        permit.contains("\"allow\":\"10.203.0.2\"") && permit.contains("tcp/443"),
+        "{permit}"
+    );
     assert_eq!(health(&run)["accepted"], 1);
     assert_eq!(count(&events, "tls.open"), 1);
 
     // --- tls-front drops the idle tunnel after 4 s, long after the 2 s grant
     // expired: the reconnect only gets through because it knocks again
     let t = Instant::now();
-    wait_until("the idle close and a knocked reconnect", Duration::from_secs(15), || {
-        count(&events, "tls.close") >= 1 && health(&run)["accepted"] == 2
-    });
+    wait_until(
+        "the idle close and a knocked reconnect",
+        Duration::from_secs(15),
+        || count(&events, "tls.close") >= 1 && health(&run)["accepted"] == 2,
+    );
     println!("reconnected {:?} after the first echo", t.elapsed());
-    assert_eq!(count(&events, "spa.permit"), 2, "the reconnect did not knock");
+    assert_eq!(
+        count(&events, "spa.permit"),
+        2,
+        "the reconnect did not knock"
+    );
     assert!(p.echoes("after reconnect", Duration::from_secs(5)));
     let ev = std::fs::read_to_string(&events).unwrap();
-    assert_eq!(count(&events, "tls.open"), 2, "{ev}\n{}", std::fs::read_to_string(&knock_log).unwrap());
+    assert_eq!(
+        count(&events, "tls.open"),
+        2,
+        "{ev}\n{}",
+        std::fs::read_to_string(&knock_log).unwrap()
+    );
 
     let klog = std::fs::read_to_string(&knock_log).unwrap();
-    assert!(klog.matches("knocked 10.203.0.1:62201 as alice for tcp/443").count() >= 2, "{klog}");
+    assert!(
+        klog.matches("knocked 10.203.0.1:62201 as alice for tcp/443")
+            .count()
+            >= 2,
+        "{klog}"
+    );
     // the idle close is a clean TLS close (close_notify), not a truncation
-    assert!(klog.contains("gateway closed the connection; reconnecting"), "{klog}");
+    assert!(
+        klog.contains("gateway closed the connection; reconnecting"),
+        "{klog}"
+    );
     let all = format!("{klog}{plain}{}", std::fs::read_to_string(&events).unwrap());
-    assert!(!all.contains(K) && !all.contains(H) && !all.contains(&K[..16]), "key material in the output");
+    assert!(
+        !all.contains(K) && !all.contains(H) && !all.contains(&K[..16]),
+        "key material in the output"
+    );
 }

@@ -51,7 +51,12 @@ async fn start(mut cfg: FrontConfig, client_ca: Option<&Path>) -> Front {
     let counters = Arc::new(Counters::default());
     let c = counters.clone();
     tokio::spawn(async move { serve_on(listener, cfg, server, c, "tls-front".into()).await });
-    Front { addr, pin: id.pin.clone(), counters, _dir: dir }
+    Front {
+        addr,
+        pin: id.pin.clone(),
+        counters,
+        _dir: dir,
+    }
 }
 
 /// TLS 1.3 from source address `src` (127.0.0.x), pinned.
@@ -61,7 +66,11 @@ async fn dial_from(f: &Front, src: &str, auth: Option<&ClientAuth>) -> anyhow::R
     let tcp = sock.connect(f.addr).await?;
     let cfg = Arc::new(tls::client_config(&f.pin, auth)?);
     let name = rustls::pki_types::ServerName::try_from("gwos")?;
-    let s = tokio::time::timeout(Duration::from_secs(5), tokio_rustls::TlsConnector::from(cfg).connect(name, tcp)).await??;
+    let s = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_rustls::TlsConnector::from(cfg).connect(name, tcp),
+    )
+    .await??;
     Ok(s)
 }
 
@@ -80,14 +89,25 @@ async fn echo(s: &mut Tls, payload: &[u8]) -> anyhow::Result<()> {
 async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
-        assert!(t.elapsed() < Duration::from_secs(5), "timed out waiting for {what}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_source_limit_refuses_the_extra_connection_only_for_that_source() {
-    let f = start(FrontConfig { max_per_source: 2, max_connections: 100, ..Default::default() }, None).await;
+    let f = start(
+        FrontConfig {
+            max_per_source: 2,
+            max_connections: 100,
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
     let mut a1 = dial_from(&f, "127.0.0.1", None).await.unwrap();
     let mut a2 = dial_from(&f, "127.0.0.1", None).await.unwrap();
     echo(&mut a1, b"a1").await.unwrap();
@@ -96,18 +116,28 @@ async fn per_source_limit_refuses_the_extra_connection_only_for_that_source() {
 
     // the third from 127.0.0.1 is closed before any TLS
     let third = dial_from(&f, "127.0.0.1", None).await;
-    assert!(third.is_err(), "third connection from one source was accepted");
+    assert!(
+        third.is_err(),
+        "third connection from one source was accepted"
+    );
     assert_eq!(f.counters.refused_limit.load(Ordering::SeqCst), 1);
 
     // another source still gets in
-    let mut b = dial_from(&f, "127.0.0.2", None).await.expect("a second source must not be limited by the first");
+    let mut b = dial_from(&f, "127.0.0.2", None)
+        .await
+        .expect("a second source must not be limited by the first");
     echo(&mut b, b"b").await.unwrap();
     assert_eq!(f.counters.accepted.load(Ordering::SeqCst), 3);
 
     // closing one frees its slot
     drop(a1);
-    wait_for("the slot to be released", || f.counters.active.load(Ordering::SeqCst) == 2).await;
-    let mut a3 = dial_from(&f, "127.0.0.1", None).await.expect("slot not released");
+    wait_for("the slot to be released", || {
+        f.counters.active.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let mut a3 = dial_from(&f, "127.0.0.1", None)
+        .await
+        .expect("slot not released");
     echo(&mut a3, b"a3").await.unwrap();
     echo(&mut a2, b"a2 still up").await.unwrap();
     assert_eq!(f.counters.refused_limit.load(Ordering::SeqCst), 1);
@@ -115,37 +145,71 @@ async fn per_source_limit_refuses_the_extra_connection_only_for_that_source() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn total_limit_refuses_any_source_beyond_it() {
-    let f = start(FrontConfig { max_per_source: 16, max_connections: 3, ..Default::default() }, None).await;
+    let f = start(
+        FrontConfig {
+            max_per_source: 16,
+            max_connections: 3,
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
     let mut held = Vec::new();
     for src in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
         let mut s = dial_from(&f, src, None).await.unwrap();
         echo(&mut s, src.as_bytes()).await.unwrap();
         held.push(s);
     }
-    assert!(dial_from(&f, "127.0.0.4", None).await.is_err(), "fourth connection accepted over max_connections = 3");
+    assert!(
+        dial_from(&f, "127.0.0.4", None).await.is_err(),
+        "fourth connection accepted over max_connections = 3"
+    );
     assert!(dial_from(&f, "127.0.0.1", None).await.is_err());
     assert_eq!(f.counters.refused_limit.load(Ordering::SeqCst), 2);
     held.pop();
-    wait_for("the slot to be released", || f.counters.active.load(Ordering::SeqCst) == 2).await;
-    let mut s = dial_from(&f, "127.0.0.4", None).await.expect("slot not released");
+    wait_for("the slot to be released", || {
+        f.counters.active.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let mut s = dial_from(&f, "127.0.0.4", None)
+        .await
+        .expect("slot not released");
     echo(&mut s, b"4").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connection_is_closed_after_the_handshake_timeout() {
-    let f = start(FrontConfig { handshake_timeout_secs: 1, ..Default::default() }, None).await;
+    let f = start(
+        FrontConfig {
+            handshake_timeout_secs: 1,
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
     let mut up = dial_from(&f, "127.0.0.2", None).await.unwrap();
 
     let mut silent = TcpStream::connect(f.addr).await.unwrap();
     let t = Instant::now();
     let mut b = [0u8; 16];
-    let r = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut b)).await.expect("silent connection never closed");
+    let r = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut b))
+        .await
+        .expect("silent connection never closed");
     let took = t.elapsed();
-    assert!(matches!(r, Ok(0) | Err(_)), "server sent bytes to a client that sent none: {r:?}");
-    assert!(took >= Duration::from_millis(900), "closed after {took:?}, before the 1 s timeout");
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "server sent bytes to a client that sent none: {r:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed after {took:?}, before the 1 s timeout"
+    );
     assert!(took < Duration::from_secs(3), "closed only after {took:?}");
     assert_eq!(f.counters.handshake_failed.load(Ordering::SeqCst), 1);
-    wait_for("the slot to be released", || f.counters.active.load(Ordering::SeqCst) == 1).await;
+    wait_for("the slot to be released", || {
+        f.counters.active.load(Ordering::SeqCst) == 1
+    })
+    .await;
 
     // the established tunnel outlives the handshake timeout
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -161,7 +225,9 @@ struct Pki {
 }
 
 fn pki() -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    };
     let ca = |name: &str| {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -182,7 +248,10 @@ fn pki() -> Pki {
     let (gc, gk) = leaf(&site_ca, "alice");
     let (oc, ok) = leaf(&other_ca, "mallory");
     let auth = |c: &rcgen::Certificate, k: &KeyPair| {
-        ClientAuth::new(vec![c.der().clone()], rustls::pki_types::PrivatePkcs8KeyDer::from(k.serialize_der()).into())
+        ClientAuth::new(
+            vec![c.der().clone()],
+            rustls::pki_types::PrivatePkcs8KeyDer::from(k.serialize_der()).into(),
+        )
     };
     Pki {
         ca_pem: site_ca.0.pem(),
@@ -210,14 +279,28 @@ async fn mtls_requires_a_certificate_from_the_configured_ca() {
     std::fs::write(&ca, &p.ca_pem).unwrap();
     let f = start(FrontConfig::default(), Some(&ca)).await;
 
-    assert!(refused_after_handshake(dial_from(&f, "127.0.0.1", None).await).await, "no client certificate, yet carried");
-    wait_for("the failed handshake to be counted", || f.counters.handshake_failed.load(Ordering::SeqCst) == 1).await;
-    assert!(refused_after_handshake(dial_from(&f, "127.0.0.1", Some(&p.other)).await).await, "other CA's certificate carried");
-    wait_for("the failed handshake to be counted", || f.counters.handshake_failed.load(Ordering::SeqCst) == 2).await;
+    assert!(
+        refused_after_handshake(dial_from(&f, "127.0.0.1", None).await).await,
+        "no client certificate, yet carried"
+    );
+    wait_for("the failed handshake to be counted", || {
+        f.counters.handshake_failed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(
+        refused_after_handshake(dial_from(&f, "127.0.0.1", Some(&p.other)).await).await,
+        "other CA's certificate carried"
+    );
+    wait_for("the failed handshake to be counted", || {
+        f.counters.handshake_failed.load(Ordering::SeqCst) == 2
+    })
+    .await;
     assert_eq!(f.counters.accepted.load(Ordering::SeqCst), 0);
 
     let mut s = dial_from(&f, "127.0.0.1", Some(&p.good)).await.unwrap();
-    echo(&mut s, b"alice").await.expect("certificate from the configured CA refused");
+    echo(&mut s, b"alice")
+        .await
+        .expect("certificate from the configured CA refused");
     assert_eq!(f.counters.accepted.load(Ordering::SeqCst), 1);
 
     // the same through `gwos connect`'s options and its UDP side
@@ -226,7 +309,10 @@ async fn mtls_requires_a_certificate_from_the_configured_ca() {
     std::fs::write(&cert, &p.good_cert_pem).unwrap();
     std::fs::write(&key, &p.good_key_pem).unwrap();
     let via_connect = |client: Option<(&Path, &Path)>| {
-        let listen = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let listen = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let args = ConnectArgs {
             server: f.addr.to_string(),
             pin: f.pin.clone(),
@@ -235,10 +321,19 @@ async fn mtls_requires_a_certificate_from_the_configured_ca() {
             client_cert: client.map(|c| c.0.to_path_buf()),
             client_key: client.map(|c| c.1.to_path_buf()),
             connect_timeout_secs: 5,
-            knock: KnockArgs { knock_key_file: None, knock_user: None, knock_port: 62201, knock_allow_ip: None, knock_wait_ms: 300 },
+            knock: KnockArgs {
+                knock_key_file: None,
+                knock_user: None,
+                knock_port: 62201,
+                knock_allow_ip: None,
+                knock_wait_ms: 300,
+            },
         };
         let opts = ConnectOptions::from_args(args).unwrap();
-        (listen, tokio::spawn(gwos_tls_front::client::run_connect(opts)))
+        (
+            listen,
+            tokio::spawn(gwos_tls_front::client::run_connect(opts)),
+        )
     };
     let wg = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let roundtrip = |to: SocketAddr| {
@@ -247,7 +342,9 @@ async fn mtls_requires_a_certificate_from_the_configured_ca() {
             let mut b = [0u8; 64];
             for _ in 0..6 {
                 wg.send_to(b"wireguard datagram", to).await.unwrap();
-                if let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(500), wg.recv_from(&mut b)).await {
+                if let Ok(Ok((n, _))) =
+                    tokio::time::timeout(Duration::from_millis(500), wg.recv_from(&mut b)).await
+                {
                     return n == 18 && &b[..n] == b"wireguard datagram";
                 }
             }
@@ -255,9 +352,15 @@ async fn mtls_requires_a_certificate_from_the_configured_ca() {
         }
     };
     let (with, t1) = via_connect(Some((&cert, &key)));
-    assert!(roundtrip(with).await, "gwos connect --client-cert/--client-key did not carry the datagram");
+    assert!(
+        roundtrip(with).await,
+        "gwos connect --client-cert/--client-key did not carry the datagram"
+    );
     let (without, t2) = via_connect(None);
-    assert!(!roundtrip(without).await, "gwos connect without a client certificate carried a datagram");
+    assert!(
+        !roundtrip(without).await,
+        "gwos connect without a client certificate carried a datagram"
+    );
     t1.abort();
     t2.abort();
 }

@@ -74,7 +74,10 @@ impl Engine {
             gateway,
             pool,
             idle,
-            peers: Mutex::new(Peers { next_slot: 1, ..Default::default() }),
+            peers: Mutex::new(Peers {
+                next_slot: 1,
+                ..Default::default()
+            }),
             socks,
             tun,
             service: service.into(),
@@ -96,7 +99,12 @@ impl Engine {
             p.by_slot.get_mut(&slot).unwrap().user = user.clone();
             return Ok(());
         }
-        if let Some(old) = p.by_slot.values().find(|x| x.user.name == user.name).map(|x| x.key) {
+        if let Some(old) = p
+            .by_slot
+            .values()
+            .find(|x| x.user.name == user.name)
+            .map(|x| x.key)
+        {
             drop(p);
             self.remove_key(&old);
             p = self.lock();
@@ -122,7 +130,9 @@ impl Engine {
     /// Drops the peer and its live session at once.
     pub fn remove_key(&self, key: &[u8; 32]) -> bool {
         let mut p = self.lock();
-        let Some(slot) = p.by_key.remove(key) else { return false };
+        let Some(slot) = p.by_key.remove(key) else {
+            return false;
+        };
         if let Some(peer) = p.by_slot.remove(&slot) {
             p.by_addr.remove(&peer.user.address);
         }
@@ -202,7 +212,9 @@ impl Engine {
             Err(_) => return,
         };
         let mut guard = self.lock();
-        let Some(peer) = guard.by_slot.get_mut(&slot) else { return };
+        let Some(peer) = guard.by_slot.get_mut(&slot) else {
+            return;
+        };
         let had_session = peer.tunn.stats().0.is_some();
         let mut first = true;
         loop {
@@ -252,10 +264,16 @@ impl Engine {
 
     /// One packet read from the TUN device.
     pub fn on_tun(&self, pkt: &[u8], out: &mut [u8]) {
-        let Some(IpAddr::V4(dst)) = Tunn::dst_address(pkt) else { return };
+        let Some(IpAddr::V4(dst)) = Tunn::dst_address(pkt) else {
+            return;
+        };
         let mut guard = self.lock();
-        let Some(slot) = guard.by_addr.get(&dst).copied() else { return };
-        let Some(peer) = guard.by_slot.get_mut(&slot) else { return };
+        let Some(slot) = guard.by_addr.get(&dst).copied() else {
+            return;
+        };
+        let Some(peer) = guard.by_slot.get_mut(&slot) else {
+            return;
+        };
         if let TunnResult::WriteToNetwork(p) = peer.tunn.encapsulate(pkt, out) {
             if let Some(ep) = peer.endpoint {
                 self.send(ep, p);
@@ -282,7 +300,9 @@ impl Engine {
         }
         drop(guard);
         for name in torn {
-            gwos_core::emit(&gwos_core::Event::new(&self.service, "vpn.idle_teardown").field("user", name));
+            gwos_core::emit(
+                &gwos_core::Event::new(&self.service, "vpn.idle_teardown").field("user", name),
+            );
         }
     }
 
@@ -290,44 +310,50 @@ impl Engine {
     pub fn start(self: &Arc<Self>) -> anyhow::Result<()> {
         for idx in 0..self.socks.len() {
             let me = self.clone();
-            std::thread::Builder::new().name(format!("vpn-udp{idx}")).spawn(move || {
+            std::thread::Builder::new()
+                .name(format!("vpn-udp{idx}"))
+                .spawn(move || {
+                    let mut buf = vec![0u8; BUF];
+                    let mut out = vec![0u8; BUF];
+                    loop {
+                        match me.socks[idx].recv_from(&mut buf) {
+                            Ok((n, src)) => me.on_datagram(idx, src, &buf[..n], &mut out),
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                eprintln!("vpn: udp socket {idx}: {e}");
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                        }
+                    }
+                })?;
+        }
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("vpn-tun".into())
+            .spawn(move || {
                 let mut buf = vec![0u8; BUF];
                 let mut out = vec![0u8; BUF];
                 loop {
-                    match me.socks[idx].recv_from(&mut buf) {
-                        Ok((n, src)) => me.on_datagram(idx, src, &buf[..n], &mut out),
+                    match (&me.tun).read(&mut buf) {
+                        Ok(n) => me.on_tun(&buf[..n], &mut out),
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                         Err(e) => {
-                            eprintln!("vpn: udp socket {idx}: {e}");
+                            eprintln!("vpn: tun read: {e}");
                             std::thread::sleep(Duration::from_millis(50));
                         }
                     }
                 }
             })?;
-        }
         let me = self.clone();
-        std::thread::Builder::new().name("vpn-tun".into()).spawn(move || {
-            let mut buf = vec![0u8; BUF];
-            let mut out = vec![0u8; BUF];
-            loop {
-                match (&me.tun).read(&mut buf) {
-                    Ok(n) => me.on_tun(&buf[..n], &mut out),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        eprintln!("vpn: tun read: {e}");
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
+        std::thread::Builder::new()
+            .name("vpn-timers".into())
+            .spawn(move || {
+                let mut out = vec![0u8; BUF];
+                loop {
+                    std::thread::sleep(Duration::from_millis(250));
+                    me.tick(&mut out);
                 }
-            }
-        })?;
-        let me = self.clone();
-        std::thread::Builder::new().name("vpn-timers".into()).spawn(move || {
-            let mut out = vec![0u8; BUF];
-            loop {
-                std::thread::sleep(Duration::from_millis(250));
-                me.tick(&mut out);
-            }
-        })?;
+            })?;
         Ok(())
     }
 }

@@ -42,7 +42,10 @@ pub fn load_or_create_key(dir: &Path) -> Result<StaticSecret> {
             let mut raw = [0u8; 32];
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
             let secret = StaticSecret::from(raw);
-            gwos_core::state::write_atomic(&path, format!("{}\n", b64.encode(secret.to_bytes())).as_bytes())?;
+            gwos_core::state::write_atomic(
+                &path,
+                format!("{}\n", b64.encode(secret.to_bytes())).as_bytes(),
+            )?;
             raw.fill(0);
             Ok(secret)
         }
@@ -57,16 +60,24 @@ pub fn public_b64(secret: &StaticSecret) -> String {
 /// Runs the service until it fails; called by `gwosd run`.
 pub fn run(ctx: gwos_core::ServiceContext) -> anyhow::Result<()> {
     let cfg: VpnConfig = ctx.site.section("vpn")?;
-    let pool: Ipv4Net = cfg.pool.parse().with_context(|| format!("[vpn] pool {:?}", cfg.pool))?;
-    let gateway: Ipv4Addr = pool.hosts().next().context("[vpn] pool has no host addresses")?;
+    let pool: Ipv4Net = cfg
+        .pool
+        .parse()
+        .with_context(|| format!("[vpn] pool {:?}", cfg.pool))?;
+    let gateway: Ipv4Addr = pool
+        .hosts()
+        .next()
+        .context("[vpn] pool has no host addresses")?;
     let secret = load_or_create_key(&ctx.state_dir)?;
     let users_path = ctx.state_dir.join("users.json");
     let users: users::Users = gwos_core::state::read_json(&users_path)?.unwrap_or_default();
 
-    let tun = tun::open(&cfg.interface).with_context(|| format!("creating TUN {}", cfg.interface))?;
+    let tun =
+        tun::open(&cfg.interface).with_context(|| format!("creating TUN {}", cfg.interface))?;
     tun::configure(&cfg.interface, gateway, pool.prefix_len(), cfg.mtu)
         .with_context(|| format!("configuring {}", cfg.interface))?;
-    let mut socks = vec![UdpSocket::bind(&cfg.listen).with_context(|| format!("binding {}", cfg.listen))?];
+    let mut socks =
+        vec![UdpSocket::bind(&cfg.listen).with_context(|| format!("binding {}", cfg.listen))?];
     if let Some(p) = &cfg.public_listen {
         socks.push(UdpSocket::bind(p).with_context(|| format!("binding {p}"))?);
     }

@@ -63,11 +63,15 @@ impl Service {
     pub fn handle(&self, req: Request, peer: Peer) -> Response {
         let method = req.method.clone();
         let result = match method.as_str() {
-            "health" => Ok(json!({"healthy": true, "status": "ok", "users": self.lock().users.len(), "public_key": self.server_public})),
+            "health" => Ok(
+                json!({"healthy": true, "status": "ok", "users": self.lock().users.len(), "public_key": self.server_public}),
+            ),
             "vpn_user_create" => self.create(req.params),
             "vpn_user_delete" => self.delete(req.params),
             "update_ccd" => self.update_ccd(req.params),
-            "vpn_user_list" | "vpn_status" => Ok(json!({"gateway": self.gateway.to_string(), "users": self.engine.status()})),
+            "vpn_user_list" | "vpn_status" => {
+                Ok(json!({"gateway": self.gateway.to_string(), "users": self.engine.status()}))
+            }
             other => Err(anyhow::anyhow!("unknown method {other:?}")),
         };
         if method != "health" && method != "vpn_status" && method != "vpn_user_list" {
@@ -102,7 +106,8 @@ impl Service {
                 allowed: u.allowed.clone(),
             })
             .collect();
-        gwos_netfilter::vpn::apply(&self.cfg.interface, self.pool, &rules).context("programming the vpn firewall rules")
+        gwos_netfilter::vpn::apply(&self.cfg.interface, self.pool, &rules)
+            .context("programming the vpn firewall rules")
     }
 
     fn save(&self, users: &Users) -> Result<()> {
@@ -167,7 +172,10 @@ impl Service {
         let user = {
             let mut all = self.lock();
             let mut next = all.clone();
-            let user = next.users.remove(&r.name).with_context(|| format!("no user {}", r.name))?;
+            let user = next
+                .users
+                .remove(&r.name)
+                .with_context(|| format!("no user {}", r.name))?;
             self.save(&next)?;
             *all = next;
             user
@@ -183,7 +191,10 @@ impl Service {
         let user = {
             let mut all = self.lock();
             let mut next = all.clone();
-            let u = next.users.get_mut(&r.name).with_context(|| format!("no user {}", r.name))?;
+            let u = next
+                .users
+                .get_mut(&r.name)
+                .with_context(|| format!("no user {}", r.name))?;
             u.allowed = allowed;
             let user = u.clone();
             self.save(&next)?;

@@ -38,7 +38,10 @@ struct IfReqInt {
 fn ifname(name: &str) -> io::Result<[u8; libc::IFNAMSIZ]> {
     let b = name.as_bytes();
     if b.is_empty() || b.len() >= libc::IFNAMSIZ || b.contains(&0) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {name:?}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad interface name {name:?}"),
+        ));
     }
     let mut out = [0u8; libc::IFNAMSIZ];
     out[..b.len()].copy_from_slice(b);
@@ -49,18 +52,33 @@ fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip.octets()) },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip.octets()),
+        },
         sin_zero: [0; 8],
     }
 }
 
 /// Opens (creating if needed) the TUN interface `name` without packet info.
 pub fn open(name: &str) -> io::Result<File> {
-    let file = OpenOptions::new().read(true).write(true).open("/dev/net/tun")?;
-    let mut req = IfReqFlags { name: ifname(name)?, flags: IFF_TUN | IFF_NO_PI, _pad: [0; 22] };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    let mut req = IfReqFlags {
+        name: ifname(name)?,
+        flags: IFF_TUN | IFF_NO_PI,
+        _pad: [0; 22],
+    };
     // SAFETY: TUNSETIFF reads and writes one `struct ifreq`; `req` is a live,
     // correctly sized (40 bytes) repr(C) value and the fd is open.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReqFlags) };
+    let rc = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            TUNSETIFF as _,
+            &mut req as *mut IfReqFlags,
+        )
+    };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -91,14 +109,34 @@ fn ioctl_ptr<T>(fd: &OwnedFd, req: libc::c_ulong, arg: &mut T) -> io::Result<()>
 pub fn configure(name: &str, addr: Ipv4Addr, prefix: u8, mtu: u32) -> io::Result<()> {
     let sock = ctl_socket()?;
     let n = ifname(name)?;
-    let mut a = IfReqAddr { name: n, addr: sockaddr(addr), _pad: [0; 8] };
+    let mut a = IfReqAddr {
+        name: n,
+        addr: sockaddr(addr),
+        _pad: [0; 8],
+    };
     ioctl_ptr(&sock, libc::SIOCSIFADDR, &mut a)?;
-    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix as u32) };
-    let mut m = IfReqAddr { name: n, addr: sockaddr(Ipv4Addr::from(mask)), _pad: [0; 8] };
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix as u32)
+    };
+    let mut m = IfReqAddr {
+        name: n,
+        addr: sockaddr(Ipv4Addr::from(mask)),
+        _pad: [0; 8],
+    };
     ioctl_ptr(&sock, libc::SIOCSIFNETMASK, &mut m)?;
-    let mut t = IfReqInt { name: n, value: mtu as libc::c_int, _pad: [0; 20] };
+    let mut t = IfReqInt {
+        name: n,
+        value: mtu as libc::c_int,
+        _pad: [0; 20],
+    };
     ioctl_ptr(&sock, libc::SIOCSIFMTU, &mut t)?;
-    let mut f = IfReqFlags { name: n, flags: 0, _pad: [0; 22] };
+    let mut f = IfReqFlags {
+        name: n,
+        flags: 0,
+        _pad: [0; 22],
+    };
     ioctl_ptr(&sock, libc::SIOCGIFFLAGS, &mut f)?;
     f.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
     ioctl_ptr(&sock, libc::SIOCSIFFLAGS, &mut f)?;

@@ -28,14 +28,17 @@ pub struct Users {
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
 }
 
 pub fn parse_key(b64: &str) -> Result<[u8; 32]> {
     let raw = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .context("public key is not base64")?;
-    raw.try_into().map_err(|_| anyhow::anyhow!("public key must be 32 bytes"))
+    raw.try_into()
+        .map_err(|_| anyhow::anyhow!("public key must be 32 bytes"))
 }
 
 pub fn parse_nets(list: &[String]) -> Result<Vec<Ipv4Net>> {
@@ -54,12 +57,19 @@ pub fn parse_nets(list: &[String]) -> Result<Vec<Ipv4Net>> {
 
 impl Users {
     pub fn by_key(&self, key: &[u8; 32]) -> Option<&User> {
-        self.users.values().find(|u| parse_key(&u.public_key).ok().as_ref() == Some(key))
+        self.users
+            .values()
+            .find(|u| parse_key(&u.public_key).ok().as_ref() == Some(key))
     }
 
     /// Picks `want` (checked) or the lowest free host address of the pool,
     /// skipping the network, the gateway and broadcast addresses.
-    pub fn allocate(&self, pool: Ipv4Net, gateway: Ipv4Addr, want: Option<Ipv4Addr>) -> Result<Ipv4Addr> {
+    pub fn allocate(
+        &self,
+        pool: Ipv4Net,
+        gateway: Ipv4Addr,
+        want: Option<Ipv4Addr>,
+    ) -> Result<Ipv4Addr> {
         let taken = |a: Ipv4Addr| a == gateway || self.users.values().any(|u| u.address == a);
         if let Some(a) = want {
             if !pool.contains(&a) || a == pool.network() || a == pool.broadcast() {
@@ -70,7 +80,9 @@ impl Users {
             }
             return Ok(a);
         }
-        pool.hosts().find(|a| !taken(*a)).context("address pool exhausted")
+        pool.hosts()
+            .find(|a| !taken(*a))
+            .context("address pool exhausted")
     }
 }
 
@@ -108,13 +120,26 @@ mod tests {
         assert_eq!(a, Ipv4Addr::new(10, 77, 0, 2));
         u.users.insert(
             "a".into(),
-            User { name: "a".into(), public_key: "x".into(), address: a, allowed: vec![], created: String::new() },
+            User {
+                name: "a".into(),
+                public_key: "x".into(),
+                address: a,
+                allowed: vec![],
+                created: String::new(),
+            },
         );
-        assert_eq!(u.allocate(pool, gw, None).unwrap(), Ipv4Addr::new(10, 77, 0, 3));
+        assert_eq!(
+            u.allocate(pool, gw, None).unwrap(),
+            Ipv4Addr::new(10, 77, 0, 3)
+        );
         assert!(u.allocate(pool, gw, Some(a)).is_err());
         assert!(u.allocate(pool, gw, Some(gw)).is_err());
-        assert!(u.allocate(pool, gw, Some(Ipv4Addr::new(10, 78, 0, 5))).is_err());
-        assert!(u.allocate(pool, gw, Some(Ipv4Addr::new(10, 77, 0, 255))).is_err());
+        assert!(u
+            .allocate(pool, gw, Some(Ipv4Addr::new(10, 78, 0, 5)))
+            .is_err());
+        assert!(u
+            .allocate(pool, gw, Some(Ipv4Addr::new(10, 77, 0, 255)))
+            .is_err());
     }
 
     #[test]
@@ -122,7 +147,10 @@ mod tests {
         assert!(valid_name("alice@corp"));
         assert!(!valid_name("a b") && !valid_name("") && !valid_name("a;rm"));
         assert!(parse_key("AAAA").is_err());
-        assert_eq!(parse_nets(&["10.1.2.3/16".into(), "10.9.9.9".into()]).unwrap()[0].to_string(), "10.1.0.0/16");
+        assert_eq!(
+            parse_nets(&["10.1.2.3/16".into(), "10.9.9.9".into()]).unwrap()[0].to_string(),
+            "10.1.0.0/16"
+        );
         assert!(parse_nets(&["nope".into()]).is_err());
     }
 }

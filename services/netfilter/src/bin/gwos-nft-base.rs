@@ -5,11 +5,16 @@
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let result = (|| -> anyhow::Result<()> {
-        let path = args.get(1).ok_or_else(|| anyhow::anyhow!("usage: gwos-nft-base <site.toml>"))?;
+        let path = args
+            .get(1)
+            .ok_or_else(|| anyhow::anyhow!("usage: gwos-nft-base <site.toml>"))?;
         let site = gwos_core::SiteConfig::load(std::path::Path::new(path))?;
         let cfg = gwos_netfilter::base::BaseConfig::from_site(&site)?;
         gwos_netfilter::base::load(&cfg)?;
-        eprintln!("gwos-nft-base: table inet gwos loaded ({} backend networks)", cfg.backend.len());
+        eprintln!(
+            "gwos-nft-base: table inet gwos loaded ({} backend networks)",
+            cfg.backend.len()
+        );
         Ok(())
     })();
     if let Err(e) = result {

@@ -13,6 +13,8 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let opts = gwos_tls_front::client::ConnectOptions::from_args(a.connect)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(gwos_tls_front::client::run_connect(opts))
 }
