@@ -17,7 +17,7 @@ export GWOSD := $(abspath $(GWOSD))
 export GWOS_BIN := $(abspath $(GWOS))
 export GWOS_OUT := $(abspath $(OUT))
 
-.PHONY: deps kernel gwosd gwos image run test unit-test qemu-test bench fuzz clean
+.PHONY: deps kernel gwosd gwos image run test unit-test qemu-test bench fuzz clean repro-check
 
 deps:
 	@bash .ci/deps.sh
@@ -61,6 +61,11 @@ qemu-test: image
 # Side-by-side benchmarks against each service's anchor; writes docs/benchmarks.md.
 bench: image
 	bash benches/run.sh
+
+# Same commit, same bytes: two cold kernel builds and two image builds from
+# different checkout paths, compared (slow: not part of `make test`).
+repro-check: deps
+	bash image/repro-check.sh
 
 # Every fuzz target for FUZZ_SECONDS (default 60) each.
 FUZZ_SECONDS ?= 60

@@ -409,7 +409,7 @@ pub fn build(a: &Args) -> Result<Built> {
         "root": {"fs": "erofs", "size": data_size, "compression": im.erofs_compression, "uuid": fs_uuid.to_string()},
         "verity": {"root_hash": root_hash, "salt": hex::encode(salt), "hash_size": tree.hash_area.len(), "data_blocks": data_blocks, "uuid": verity_uuid.to_string()},
         "uki": {"name": uki_name, "sha256": uki_sha, "cmdline": cmdline},
-        "inputs": {"kernel_sha256": hex::encode(kernel_sha), "gwosd_sha256": hex::encode(gwosd_sha)},
+        "inputs": report::inputs(&report::Inputs { kernel: &a.kernel, gwosd: &a.gwosd, rootfs_dir: &rootfs_dir, site_toml: &site_toml, release_keys: &key_files, efi_files: &[uki::STUB, SYSTEMD_BOOT] })?,
         "keys": {"signer": keys.signer.public().id_hex(), "release_keys": key_files.iter().map(|k| &k.0).collect::<Vec<_>>(), "development_keys": keys.dev},
         "debian_packages": debs.iter().map(|(n, v)| json!({"name": n, "version": v})).collect::<Vec<_>>(),
         "sbom_note": sbom_note,

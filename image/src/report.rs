@@ -156,3 +156,89 @@ pub fn sbom(
         "relationships": rels,
     })
 }
+
+/// The `inputs` section of the build report: the sha256 of every input that
+/// reaches the image's bytes, each named, so that two reports can be diffed
+/// to find the one input that differs (docs/build.md, "Reproducibility").
+pub struct Inputs<'a> {
+    pub kernel: &'a Path,
+    pub gwosd: &'a Path,
+    pub rootfs_dir: &'a Path,
+    pub site_toml: &'a str,
+    pub release_keys: &'a [(String, String)],
+    pub efi_files: &'a [&'a str],
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn file_sha256(p: &Path) -> Result<String> {
+    let b = std::fs::read(p)
+        .with_context(|| format!("reading {} for the build report", p.display()))?;
+    Ok(sha256_hex(&b))
+}
+
+pub fn inputs(i: &Inputs) -> Result<Value> {
+    let mut rootfs = BTreeMap::new();
+    if i.rootfs_dir.exists() {
+        for (rel, m) in crate::rootfs::walk(i.rootfs_dir)? {
+            if m.is_file() {
+                rootfs.insert(rel.clone(), file_sha256(&i.rootfs_dir.join(&rel))?);
+            } else if m.file_type().is_symlink() {
+                let t = std::fs::read_link(i.rootfs_dir.join(&rel))?;
+                rootfs.insert(rel.clone(), format!("symlink:{}", t.display()));
+            }
+        }
+    }
+    let mut efi = BTreeMap::new();
+    for f in i.efi_files {
+        efi.insert(f.to_string(), file_sha256(Path::new(f))?);
+    }
+    let keys: BTreeMap<&str, String> = i
+        .release_keys
+        .iter()
+        .map(|(name, text)| (name.as_str(), sha256_hex(text.as_bytes())))
+        .collect();
+    Ok(json!({
+        "kernel_sha256": file_sha256(i.kernel)?,
+        "gwosd_sha256": file_sha256(i.gwosd)?,
+        "site_toml_sha256": sha256_hex(i.site_toml.as_bytes()),
+        "rootfs": rootfs,
+        "release_public_keys": keys,
+        "efi": efi,
+        "debian_packages": DEBIAN_PACKAGES.iter().map(|p| (p.to_string(), dpkg_version(p).unwrap_or_else(|| "NOASSERTION".into()))).collect::<BTreeMap<_, _>>(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_name_every_rootfs_file_and_key() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("rootfs");
+        std::fs::create_dir_all(root.join("etc/gwos")).unwrap();
+        std::fs::write(root.join("etc/gwos/sysctl.conf"), b"a=1\n").unwrap();
+        std::fs::write(d.path().join("k"), b"kernel").unwrap();
+        std::fs::write(d.path().join("g"), b"gwosd").unwrap();
+        let keys = vec![("00aa.pub".to_string(), "ed25519 AAAA".to_string())];
+        let v = inputs(&Inputs {
+            kernel: &d.path().join("k"),
+            gwosd: &d.path().join("g"),
+            rootfs_dir: &root,
+            site_toml: "x = 1\n",
+            release_keys: &keys,
+            efi_files: &[],
+        })
+        .unwrap();
+        assert_eq!(v["kernel_sha256"], sha256_hex(b"kernel"));
+        assert_eq!(v["rootfs"]["etc/gwos/sysctl.conf"], sha256_hex(b"a=1\n"));
+        assert_eq!(
+            v["release_public_keys"]["00aa.pub"],
+            sha256_hex(b"ed25519 AAAA")
+        );
+    }
+}
