@@ -127,6 +127,14 @@ pub fn ipv4_net(src: bool, net: ipnet::Ipv4Net) -> Vec<Expr> {
     v
 }
 
+/// `ip daddr != ADDR`, after `nfproto(NFPROTO_IPV4)`.
+pub fn ipv4_daddr_not(addr: std::net::Ipv4Addr) -> Vec<Expr> {
+    vec![
+        payload(true, 16, 4, REG_1),
+        cmp(false, addr.octets().to_vec()),
+    ]
+}
+
 /// `masquerade` (nat chains at the postrouting hook only).
 pub fn masquerade() -> Expr {
     e("masq", vec![])

@@ -16,6 +16,7 @@
 //! chain vpn_forward {
 //!     oifname "gw0" ct state established,related accept
 //!     iifname "gw0" oifname "gw0" counter drop
+//!     iifname "gw0" meta l4proto udp|tcp th dport 53|853 ip daddr != <each resolver> counter drop
 //!     iifname "gw0" ip saddr <user> ip daddr <allowed net> accept   (per user, per net)
 //!     iifname "gw0" counter drop
 //! }
@@ -38,6 +39,8 @@ use crate::{Error, TABLE};
 
 pub const CHAIN_FORWARD: &str = "vpn_forward";
 pub const CHAIN_POSTROUTING: &str = "vpn_postrouting";
+/// DNS ports kept inside the tunnel: plain DNS and DNS over TLS.
+pub const DNS_PORTS: [u16; 2] = [53, 853];
 /// `srcnat`
 const PRIO_SRCNAT: i32 = 100;
 
@@ -56,8 +59,9 @@ fn valid_ifname(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// The transaction for `iface`, the pool and the users (nothing is sent).
-fn batch(iface: &str, pool: Ipv4Net, users: &[UserRule]) -> Result<Batch, Error> {
+/// The transaction for `iface`, the pool, the users and the DNS resolvers
+/// tunnel clients may query (nothing is sent).
+fn batch(iface: &str, pool: Ipv4Net, users: &[UserRule], dns: &[Ipv4Addr]) -> Result<Batch, Error> {
     if !valid_ifname(iface) {
         return Err(Error::Invalid(format!("bad interface name {iface:?}")));
     }
@@ -96,6 +100,16 @@ fn batch(iface: &str, pool: Ipv4Net, users: &[UserRule]) -> Result<Batch, Error>
             vec![counter(), drop()],
         ],
     );
+    // DNS stays inside the tunnel: to the resolvers only (the users' allowed
+    // networks include them), every other DNS packet is counted and dropped.
+    for proto in [libc::IPPROTO_UDP as u8, libc::IPPROTO_TCP as u8] {
+        for port in DNS_PORTS {
+            let mut parts = vec![iifname(iface), ipv4(), l4proto(proto), dport(port)];
+            parts.extend(dns.iter().map(|r| ipv4_daddr_not(*r)));
+            parts.push(vec![counter(), drop()]);
+            rule(&mut b, CHAIN_FORWARD, parts);
+        }
+    }
     for u in users {
         let me = Ipv4Net::from(u.address);
         for net in &u.allowed {
@@ -132,8 +146,13 @@ fn batch(iface: &str, pool: Ipv4Net, users: &[UserRule]) -> Result<Batch, Error>
 }
 
 /// Replaces both chains with the rules for these users in one transaction.
-pub fn apply(iface: &str, pool: Ipv4Net, users: &[UserRule]) -> Result<(), Error> {
-    batch(iface, pool, users)?
+pub fn apply(
+    iface: &str,
+    pool: Ipv4Net,
+    users: &[UserRule],
+    dns: &[Ipv4Addr],
+) -> Result<(), Error> {
+    batch(iface, pool, users, dns)?
         .commit()
         .map_err(|e| Error::Netlink("replacing the vpn forward rules", e))
 }
@@ -147,7 +166,7 @@ mod tests {
         let pool: Ipv4Net = "10.77.0.0/24".parse().unwrap();
         for bad in ["", "gw0;x", "gw0\"", "a-very-long-ifname", "gw 0"] {
             assert!(
-                matches!(batch(bad, pool, &[]), Err(Error::Invalid(_))),
+                matches!(batch(bad, pool, &[], &[]), Err(Error::Invalid(_))),
                 "{bad:?} accepted"
             );
         }
@@ -155,7 +174,7 @@ mod tests {
             address: Ipv4Addr::new(10, 77, 0, 2),
             allowed: vec!["10.99.1.0/24".parse().unwrap()],
         }];
-        assert!(batch("gw0", pool, &users).is_ok());
-        assert!(batch("wg_1-x", pool, &users).is_ok());
+        assert!(batch("gw0", pool, &users, &[]).is_ok());
+        assert!(batch("wg_1-x", pool, &users, &[Ipv4Addr::new(10, 99, 0, 53)]).is_ok());
     }
 }

@@ -103,7 +103,28 @@ fn load_base(ns: &str) {
 }
 
 fn vpn(ns: &str, users: Vec<UserRule>) -> Result<(), gwos_netfilter::Error> {
-    in_netns(ns, move || apply("gw0", net("10.77.0.0/24"), &users))
+    vpn_dns(ns, users, vec![])
+}
+
+fn vpn_dns(
+    ns: &str,
+    users: Vec<UserRule>,
+    dns: Vec<std::net::Ipv4Addr>,
+) -> Result<(), gwos_netfilter::Error> {
+    in_netns(ns, move || apply("gw0", net("10.77.0.0/24"), &users, &dns))
+}
+
+/// The DNS drop rules as `nft` prints them, for one resolver.
+fn dns_lines(resolver: &str) -> Vec<String> {
+    let mut v = vec![];
+    for proto in ["udp", "tcp"] {
+        for port in [53, 853] {
+            v.push(format!(
+                "iifname \"gw0\" {proto} dport {port} ip daddr != {resolver} counter packets 0 bytes 0 drop"
+            ));
+        }
+    }
+    v
 }
 
 fn chain(ns: &str, name: &str) -> String {
@@ -123,9 +144,20 @@ fn vpn_chains_are_rewritten_whole() {
     let alice = user("10.77.0.2", &["10.99.1.0/24", "10.99.3.7/24"]);
     let bob = user("10.77.0.3", &["10.99.2.0/24"]);
     let carol = user("10.77.0.4", &[]);
-    vpn(&ns, vec![alice.clone(), bob.clone(), carol.clone()]).unwrap();
+    let resolver = std::net::Ipv4Addr::new(10, 99, 1, 53);
+    vpn_dns(
+        &ns,
+        vec![alice.clone(), bob.clone(), carol.clone()],
+        vec![resolver],
+    )
+    .unwrap();
     // twice: the flush keeps rules from piling up
-    vpn(&ns, vec![alice.clone(), bob.clone(), carol.clone()]).unwrap();
+    vpn_dns(
+        &ns,
+        vec![alice.clone(), bob.clone(), carol.clone()],
+        vec![resolver],
+    )
+    .unwrap();
 
     let fwd = chain(&ns, "vpn_forward");
     let lines: Vec<&str> = fwd
@@ -135,18 +167,21 @@ fn vpn_chains_are_rewritten_whole() {
             !l.is_empty() && !l.starts_with("table") && !l.starts_with("chain") && *l != "}"
         })
         .collect();
-    assert_eq!(
-        lines,
-        vec![
-            "oifname \"gw0\" ct state established,related accept",
-            "iifname \"gw0\" oifname \"gw0\" counter packets 0 bytes 0 drop",
+    let mut want: Vec<String> = vec![
+        "oifname \"gw0\" ct state established,related accept".into(),
+        "iifname \"gw0\" oifname \"gw0\" counter packets 0 bytes 0 drop".into(),
+    ];
+    want.extend(dns_lines("10.99.1.53"));
+    want.extend(
+        [
             ALICE_1,
             ALICE_3, // host bits of 10.99.3.7/24 dropped
             BOB_2,
             "iifname \"gw0\" counter packets 0 bytes 0 drop",
-        ],
-        "in:\n{fwd}"
+        ]
+        .map(String::from),
     );
+    assert_eq!(lines, want, "in:\n{fwd}");
     let post = chain(&ns, "vpn_postrouting");
     assert!(
         post.contains("type nat hook postrouting priority srcnat; policy accept;"),
@@ -212,7 +247,7 @@ fn vpn_chains_are_rewritten_whole() {
             ],
         })
         .collect();
-    in_netns(&ns, move || apply("gw0", net("10.78.0.0/16"), &many))
+    in_netns(&ns, move || apply("gw0", net("10.78.0.0/16"), &many, &[]))
         .expect("1000 users in one batch");
     let fwd = chain(&ns, "vpn_forward");
     assert_eq!(
@@ -266,7 +301,12 @@ fn forwarding_follows_the_per_user_policy() {
     ]);
     in_ns(&gw, &["ip", "addr", "add", "10.99.0.1/24", "dev", "int0"]);
     in_ns(&gw, &["ip", "link", "set", "int0", "up"]);
-    for a in ["10.99.0.2/24", "10.99.1.2/32", "10.99.2.2/32"] {
+    for a in [
+        "10.99.0.2/24",
+        "10.99.1.2/32",
+        "10.99.1.3/32",
+        "10.99.2.2/32",
+    ] {
         in_ns(&int, &["ip", "addr", "add", a, "dev", "i0"]);
     }
     in_ns(&int, &["ip", "link", "set", "i0", "up"]);
@@ -340,6 +380,49 @@ fn forwarding_follows_the_per_user_policy() {
         !last.contains("packets 0 "),
         "the final drop counted nothing: {last}"
     );
+
+    // DNS stays inside the tunnel: to the resolver (10.99.1.2) it passes, to any
+    // other address, even one alice may reach (10.99.1.3), it is counted and dropped.
+    vpn_dns(&gw, vec![alice.clone()], vec!["10.99.1.2".parse().unwrap()]).unwrap();
+    let listener = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &int,
+            "timeout",
+            "5",
+            "socat",
+            "-u",
+            "UDP4-RECV:53,bind=10.99.1.2",
+            "STDOUT",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for dst in ["10.99.1.3", "10.99.1.2"] {
+        must(&[
+            "ip",
+            "netns",
+            "exec",
+            &cl,
+            "bash",
+            "-c",
+            &format!("echo query-{dst} > /dev/udp/{dst}/53"),
+        ]);
+    }
+    let got = listener.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "query-10.99.1.2",
+        "only the resolver gets DNS"
+    );
+    let fwd = chain(&gw, "vpn_forward");
+    let udp53 = fwd
+        .lines()
+        .find(|l| l.contains("udp dport 53 ip daddr != 10.99.1.2 counter"))
+        .unwrap_or_else(|| panic!("{fwd}"));
+    assert!(udp53.contains("packets 1 "), "the DNS drop counted {udp53}");
 
     // bob deleted: his traffic stops, alice's continues
     vpn(&gw, vec![alice]).unwrap();

@@ -19,8 +19,14 @@ pub struct VpnConfig {
     /// Endpoints written into client configs (host:port), e.g. the `gwos connect`
     /// local port and/or the public UDP endpoint.
     pub endpoints: Vec<String>,
-    /// DNS servers pushed in the client config.
+    /// DNS resolvers pushed in the client config (`DNS =`) and added to every
+    /// user's allowed destinations; DNS (udp/tcp 53, DoT 853) from the tunnel
+    /// to any other address is dropped. `config_set dns` overrides this.
     pub dns: Vec<String>,
+    /// Grant length when `vpn_user_create` names none (`None`: no expiry).
+    pub grant_default_secs: Option<u64>,
+    /// Longest grant `vpn_user_create`/`vpn_user_renew` accept.
+    pub grant_max_secs: Option<u64>,
     /// Networks a user may reach when created without a policy.
     pub default_allowed: Vec<String>,
     /// Uid of the control service (allowed to call the RPC besides root).
@@ -40,6 +46,8 @@ impl Default for VpnConfig {
             idle_timeout_secs: 900,
             endpoints: vec!["127.0.0.1:51821".into()],
             dns: vec![],
+            grant_default_secs: None,
+            grant_max_secs: Some(30 * 24 * 3600),
             default_allowed: vec![],
             control_uid: gwos_core::rpc::CONTROL_UID,
             nftables: true,

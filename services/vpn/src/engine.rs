@@ -3,7 +3,8 @@
 //! the TUN device, one for timers and idle teardown. Decrypted packets are
 //! checked before they reach the kernel: the inner source must be the peer's
 //! own /32 and the destination the gateway or one of the peer's allowed
-//! networks (never another client).
+//! networks (never another client); DNS (udp/tcp 53, DoT 853) may go only to
+//! the configured resolvers, and every other DNS packet is dropped and counted.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -31,6 +32,8 @@ pub struct Peer {
     last_active: Instant,
     pub dropped_spoofed: u64,
     pub dropped_policy: u64,
+    /// DNS packets to an address that is not one of the resolvers.
+    pub dropped_dns: u64,
 }
 
 #[derive(Default)]
@@ -51,6 +54,8 @@ pub struct Engine {
     socks: Vec<UdpSocket>,
     tun: File,
     service: String,
+    /// The resolvers tunnel clients may send DNS to.
+    dns: std::sync::RwLock<Vec<Ipv4Addr>>,
 }
 
 fn new_tunn(secret: &StaticSecret, key: [u8; 32], slot: u32) -> Tunn {
@@ -81,7 +86,19 @@ impl Engine {
             socks,
             tun,
             service: service.into(),
+            dns: std::sync::RwLock::new(Vec::new()),
         }
+    }
+
+    /// Sets the resolvers DNS may go to (the users' allowed networks must
+    /// include them: see `users::effective_allowed`).
+    pub fn set_dns(&self, dns: &[Ipv4Addr]) {
+        *self.dns.write().unwrap_or_else(|p| p.into_inner()) = dns.to_vec();
+    }
+
+    /// DNS packets dropped across all peers (for `vpn_status`).
+    pub fn dns_dropped(&self) -> u64 {
+        self.lock().by_slot.values().map(|p| p.dropped_dns).sum()
     }
 
     fn lock(&self) -> MutexGuard<'_, Peers> {
@@ -122,6 +139,7 @@ impl Engine {
             last_active: Instant::now(),
             dropped_spoofed: 0,
             dropped_policy: 0,
+            dropped_dns: 0,
         };
         p.by_slot.insert(slot, peer);
         Ok(())
@@ -158,6 +176,7 @@ impl Engine {
                     "rx_bytes": rx,
                     "dropped_spoofed": peer.dropped_spoofed,
                     "dropped_policy": peer.dropped_policy,
+                    "dropped_dns": peer.dropped_dns,
                 })
             })
             .collect();
@@ -175,6 +194,15 @@ impl Engine {
         if src != peer.user.address {
             return Err("spoofed");
         }
+        if is_dns(pkt)
+            && !self
+                .dns
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&dst)
+        {
+            return Err("dns");
+        }
         if dst == self.gateway {
             return Ok(());
         }
@@ -187,7 +215,21 @@ impl Engine {
             Err("policy")
         }
     }
+}
 
+/// A UDP or TCP packet (first fragment) to a DNS port (53, DoT 853).
+fn is_dns(pkt: &[u8]) -> bool {
+    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+    let proto = pkt[9];
+    let frag_offset = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x1fff;
+    if (proto != 6 && proto != 17) || frag_offset != 0 || pkt.len() < ihl + 4 {
+        return false;
+    }
+    let dport = u16::from_be_bytes([pkt[ihl + 2], pkt[ihl + 3]]);
+    crate::users::DNS_PORTS.contains(&dport)
+}
+
+impl Engine {
     fn send(&self, ep: (usize, SocketAddr), data: &[u8]) {
         if let Some(s) = self.socks.get(ep.0) {
             let _ = s.send_to(data, ep.1);
@@ -237,6 +279,7 @@ impl Engine {
                             let _ = (&self.tun).write(pkt);
                         }
                         Err("spoofed") => peer.dropped_spoofed += 1,
+                        Err("dns") => peer.dropped_dns += 1,
                         Err(_) => peer.dropped_policy += 1,
                     }
                     break;

@@ -57,6 +57,13 @@ pub fn public_b64(secret: &StaticSecret) -> String {
     base64::engine::general_purpose::STANDARD.encode(PublicKey::from(secret).as_bytes())
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Runs the service until it fails; called by `gwosd run`.
 pub fn run(ctx: gwos_core::ServiceContext) -> anyhow::Result<()> {
     let cfg: VpnConfig = ctx.site.section("vpn")?;
@@ -90,9 +97,7 @@ pub fn run(ctx: gwos_core::ServiceContext) -> anyhow::Result<()> {
         tun,
         &ctx.name,
     ));
-    for u in users.users.values() {
-        engine.upsert(u)?;
-    }
+    let site_dns = users::parse_dns(&cfg.dns).context("[vpn] dns")?;
     let svc = Arc::new(rpc::Service {
         cfg: cfg.clone(),
         pool,
@@ -102,9 +107,26 @@ pub fn run(ctx: gwos_core::ServiceContext) -> anyhow::Result<()> {
         users: std::sync::Mutex::new(users),
         engine: engine.clone(),
         name: ctx.name.clone(),
+        site_dns,
     });
+    // A grant that ended while the vpn (or the box) was down is gone before
+    // any packet of it is carried.
+    svc.expire(unix_now()).context("removing expired grants")?;
+    svc.load_engine()?;
     svc.apply_firewall()?;
     engine.start()?;
+    let expiry = svc.clone();
+    std::thread::Builder::new()
+        .name("vpn-grants".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            if let Err(e) = expiry.expire(unix_now()) {
+                gwos_core::emit(
+                    &gwos_core::Event::new(&expiry.name, "vpn.grant_expiry_error")
+                        .field("error", format!("{e:#}")),
+                );
+            }
+        })?;
     gwos_core::emit(
         &gwos_core::Event::new(&ctx.name, "vpn.start")
             .field("interface", cfg.interface.clone())

@@ -1,6 +1,8 @@
 //! Users (WireGuard peers) as kept in `users.json`: name, client public key,
-//! one /32 from the pool and the networks the user may reach. Only users made
-//! through RPC exist; client private keys never reach the gateway.
+//! one /32 from the pool, the networks the user may reach and the grant's
+//! expiry. Only users made through RPC exist; client private keys never reach
+//! the gateway. The file also keeps the runtime DNS resolvers (`config_set
+//! dns`), which override the site's `[vpn] dns`.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -18,11 +20,69 @@ pub struct User {
     pub address: Ipv4Addr,
     pub allowed: Vec<Ipv4Net>,
     pub created: String,
+    /// Unix time the grant ends (the peer is removed then); `None`: no expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// The resolvers written into the client config last handed out; when
+    /// they differ from today's, the user's config is outdated.
+    #[serde(default)]
+    pub config_dns: Vec<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Users {
     pub users: BTreeMap<String, User>,
+    /// Resolvers set at runtime (`config_set dns`); `None`: the site's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Vec<Ipv4Addr>>,
+}
+
+pub use gwos_netfilter::vpn::DNS_PORTS;
+
+/// The networks a user's packets may reach: their own plus the resolvers.
+pub fn effective_allowed(user: &User, dns: &[Ipv4Addr]) -> Vec<Ipv4Net> {
+    let mut v = user.allowed.clone();
+    for r in dns {
+        let n = Ipv4Net::from(*r);
+        if !v.iter().any(|x| x.contains(r)) {
+            v.push(n);
+        }
+    }
+    v
+}
+
+/// Parses resolver addresses (IPv4 only: the tunnel carries IPv4).
+pub fn parse_dns(list: &[String]) -> Result<Vec<Ipv4Addr>> {
+    list.iter()
+        .map(|s| {
+            s.trim()
+                .parse::<Ipv4Addr>()
+                .with_context(|| format!("DNS resolver {s:?} is not an IPv4 address"))
+        })
+        .collect()
+}
+
+/// The grant's end for `requested` seconds from `now`, within the site's
+/// default and maximum (`None` requested: the default, which may be none).
+pub fn grant_end(
+    now: u64,
+    requested: Option<u64>,
+    default: Option<u64>,
+    max: Option<u64>,
+) -> Result<Option<u64>> {
+    let Some(secs) = requested.or(default) else {
+        return Ok(None);
+    };
+    if secs == 0 {
+        bail!("expires_secs must be at least 1");
+    }
+    if let Some(m) = max {
+        if secs > m {
+            bail!("expires_secs {secs} is above the site's maximum grant of {m} s ([vpn] grant_max_secs)");
+        }
+    }
+    Ok(Some(now.saturating_add(secs)))
 }
 
 pub fn valid_name(name: &str) -> bool {
@@ -56,6 +116,15 @@ pub fn parse_nets(list: &[String]) -> Result<Vec<Ipv4Net>> {
 }
 
 impl Users {
+    /// Users whose grant ended at or before `now`.
+    pub fn expired(&self, now: u64) -> Vec<String> {
+        self.users
+            .values()
+            .filter(|u| u.expires_at.is_some_and(|t| t <= now))
+            .map(|u| u.name.clone())
+            .collect()
+    }
+
     pub fn by_key(&self, key: &[u8; 32]) -> Option<&User> {
         self.users
             .values()
@@ -126,6 +195,8 @@ mod tests {
                 address: a,
                 allowed: vec![],
                 created: String::new(),
+                expires_at: None,
+                config_dns: vec![],
             },
         );
         assert_eq!(
@@ -140,6 +211,48 @@ mod tests {
         assert!(u
             .allocate(pool, gw, Some(Ipv4Addr::new(10, 77, 0, 255)))
             .is_err());
+    }
+
+    #[test]
+    fn grants_within_default_and_max() {
+        assert_eq!(grant_end(100, None, None, Some(50)).unwrap(), None);
+        assert_eq!(grant_end(100, None, Some(10), Some(50)).unwrap(), Some(110));
+        assert_eq!(
+            grant_end(100, Some(50), Some(10), Some(50)).unwrap(),
+            Some(150)
+        );
+        let e = grant_end(100, Some(51), None, Some(50))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("maximum grant of 50"), "{e}");
+        let e = grant_end(100, Some(0), None, None).unwrap_err().to_string();
+        assert!(e.contains("at least 1"), "{e}");
+    }
+
+    #[test]
+    fn expired_users_and_resolvers_in_allowed() {
+        let mut u = Users::default();
+        let mk = |name: &str, exp: Option<u64>| User {
+            name: name.into(),
+            public_key: "x".into(),
+            address: Ipv4Addr::new(10, 77, 0, 2),
+            allowed: vec!["10.99.0.0/16".parse().unwrap()],
+            created: String::new(),
+            expires_at: exp,
+            config_dns: vec![],
+        };
+        u.users.insert("a".into(), mk("a", Some(10)));
+        u.users.insert("b".into(), mk("b", Some(11)));
+        u.users.insert("c".into(), mk("c", None));
+        assert_eq!(u.expired(10), vec!["a".to_string()]);
+        let dns = [Ipv4Addr::new(10, 99, 0, 53), Ipv4Addr::new(10, 5, 0, 53)];
+        let eff = effective_allowed(&u.users["a"], &dns);
+        assert_eq!(
+            eff.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            ["10.99.0.0/16", "10.5.0.53/32"]
+        );
+        let e = parse_dns(&["fe80::1".into()]).unwrap_err().to_string();
+        assert!(e.contains("not an IPv4"), "{e}");
     }
 
     #[test]
