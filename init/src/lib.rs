@@ -11,6 +11,7 @@ pub mod bless;
 pub mod cgroup;
 pub mod cmdline;
 pub mod console;
+pub mod dhcp;
 pub mod dm;
 pub mod gpt_find;
 pub mod mounts;

@@ -30,7 +30,7 @@ const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const NLMSG_ERROR: u16 = 2;
 
-fn attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
+pub(crate) fn attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
     let len = 4 + data.len();
     buf.extend_from_slice(&(len as u16).to_ne_bytes());
     buf.extend_from_slice(&ty.to_ne_bytes());
@@ -87,7 +87,7 @@ pub fn default_route_msg(index: u32, gw: Ipv4Addr, seq: u32) -> Vec<u8> {
     message(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, seq, &b)
 }
 
-fn request(msg: &[u8], what: &str) -> Result<()> {
+pub(crate) fn request(msg: &[u8], what: &str) -> Result<()> {
     let fd = socket(
         AddressFamily::Netlink,
         SockType::Raw,
