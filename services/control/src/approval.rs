@@ -169,15 +169,28 @@ mod tests {
             1000,
         ))
         .unwrap();
-        assert!(verify(&tok, &pk, "control_key_add", &params, "t1", 900).is_ok());
-        assert!(verify(&tok, &pk, "control_key_add", &params, "t2", 900).is_err());
-        assert!(verify(&tok, &pk, "control_key_remove", &params, "t1", 900).is_err());
+        assert_eq!(
+            verify(&tok, &pk, "control_key_add", &params, "t1", 900),
+            Ok(())
+        );
+        let bad = Err(
+            "approval signature does not verify (command, request, trace_id or expiry differ)"
+                .to_string(),
+        );
+        assert_eq!(
+            verify(&tok, &pk, "control_key_add", &params, "t2", 900),
+            bad
+        );
+        assert_eq!(
+            verify(&tok, &pk, "control_key_remove", &params, "t1", 900),
+            bad
+        );
         assert!(verify(&tok, &pk, "control_key_add", &params, "t1", 1001)
             .unwrap_err()
             .contains("expired"));
         let mut p2 = params.clone();
         p2.insert("scopes".into(), json!(["admin"]));
-        assert!(verify(&tok, &pk, "control_key_add", &p2, "t1", 900).is_err());
+        assert_eq!(verify(&tok, &pk, "control_key_add", &p2, "t1", 900), bad);
         assert_eq!(
             canonical(&json!({"b":1,"a":{"d":[1,{"z":1,"y":2}],"c":"x"}})),
             r#"{"a":{"c":"x","d":[1,{"y":2,"z":1}]},"b":1}"#

@@ -1,23 +1,25 @@
 //! One call: command name + request body from one `exec` channel → JSON
-//! response and one audit record. Order: known command → key still
-//! authorized → size cap → JSON envelope (only to find `trace_id`) → scope
-//! → approval (risky commands, if configured) → strict parameter validation
-//! → action. Actions that change another service's state go over that
-//! service's local RPC socket; control itself holds no privileges.
+//! response and one audit record. Order: known command (parsed once into
+//! [`Command`]) → key still authorized → size cap → JSON envelope (only to
+//! find `trace_id`) → scope → approval (risky commands, if configured) →
+//! strict parameter validation → the command's handler
+//! ([`crate::handlers`]). Actions that change another service's state go
+//! over that service's local RPC socket; control itself holds no privileges.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
 use crate::audit::AuditLog;
+use crate::command::{Command, Risk};
 use crate::config::{ControlConfig, Effective, RuntimeConfig};
-use crate::keys::{KeyConfig, KeyStore};
-use crate::request::{self, Params};
-use crate::scope;
+use crate::handlers::Ctx;
+use crate::keys::KeyStore;
+use crate::request;
 
 /// Shared service state.
 pub struct Control {
@@ -66,7 +68,7 @@ enum Outcome {
     Failed(String),
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
@@ -143,10 +145,9 @@ impl Control {
         command: &str,
         n: &mut Notes,
     ) -> Outcome {
-        let Some(spec) = scope::command(command) else {
-            return Outcome::Invalid(format!(
-                "unknown command {command:?}; `help` lists the commands this key may call"
-            ));
+        let command: Command = match command.parse() {
+            Ok(c) => c,
+            Err(e) => return Outcome::Invalid(format!("{e}")),
         };
         let key = self
             .keys
@@ -173,37 +174,46 @@ impl Control {
             n.trace_id = t.clone();
         }
         n.arguments = request::redact(&Value::Object(env.params.clone()));
-        if !key.scopes.allows(spec) {
+        if !key.scopes.allows(command) {
             return Outcome::Denied(format!(
-                "key {} ({}) lacks scope {} needed by {}",
+                "key {} ({}) lacks scope {} needed by {command}",
                 key.fingerprint,
                 key.comment,
-                spec.scope.unwrap_or("-"),
-                spec.name
+                command.scope().unwrap_or("-"),
             ));
         }
-        if spec.risky && self.site.require_approval.iter().any(|c| c == spec.name) {
-            match self.check_approval(&key.fingerprint, spec.name, &env) {
+        if self.approval_required(command) {
+            match self.check_approval(&key.fingerprint, command, &env) {
                 Ok(approver) => n.approved_by = Some(approver),
                 Err(e) => return Outcome::Denied(e),
             }
         }
-        let params = match request::validate_params(spec.name, &env.params, now()) {
+        let params = match command.validate(&env.params, now()) {
             Ok(p) => p,
             Err(e) => return Outcome::Invalid(e.0),
         };
-        match self.execute(spec.name, params, &key, &n.trace_id) {
+        let cx = Ctx {
+            command,
+            key: &key,
+            trace_id: &n.trace_id,
+        };
+        match params.execute(self, &cx) {
             Ok(Value::Object(m)) => Outcome::Ok(m),
             Ok(other) => Outcome::Ok(Map::from_iter([("result".to_string(), other)])),
             Err(e) => Outcome::Failed(e),
         }
     }
 
+    /// True if this call needs a second admin key's approval.
+    pub(crate) fn approval_required(&self, command: Command) -> bool {
+        command.risk() == Risk::High && self.site.require_approval.contains(&command)
+    }
+
     /// Returns the approver's fingerprint.
     fn check_approval(
         &self,
         caller_fp: &str,
-        command: &str,
+        command: Command,
         env: &request::Envelope,
     ) -> Result<String, String> {
         let Some(a) = &env.approval else {
@@ -233,7 +243,7 @@ impl Control {
         crate::approval::verify(
             &token,
             &approver.ed25519,
-            command,
+            command.name(),
             &env.params,
             trace,
             now(),
@@ -241,7 +251,7 @@ impl Control {
         Ok(approver.fingerprint)
     }
 
-    fn forward(
+    pub(crate) fn forward(
         &self,
         service: &str,
         method: &str,
@@ -267,7 +277,7 @@ impl Control {
     }
 
     /// A peer's `health`: (status for the report, its result when it answered ok).
-    fn peer_health(&self, service: &str) -> (Value, Option<Value>) {
+    pub(crate) fn peer_health(&self, service: &str) -> (Value, Option<Value>) {
         let path = gwos_core::context::socket_path(&self.run_dir, service);
         if !path.exists() {
             return (json!("unavailable"), None);
@@ -288,153 +298,7 @@ impl Control {
         }
     }
 
-    fn execute(
-        &self,
-        command: &str,
-        params: Params,
-        key: &crate::keys::Key,
-        trace_id: &str,
-    ) -> Result<Value, String> {
-        let to_value = |p: &dyn erased::Ser| p.value();
-        match (command, params) {
-            ("help", _) => {
-                let require = &self.site.require_approval;
-                let cmds: Vec<Value> = scope::COMMANDS
-                    .iter()
-                    .filter(|c| key.scopes.allows(c))
-                    .map(|c| {
-                        json!({"command": c.name, "scope": c.scope, "summary": c.summary,
-                                    "approval_required": require.iter().any(|r| r == c.name)})
-                    })
-                    .collect();
-                Ok(json!({"commands": cmds, "scopes": key.scopes.list()}))
-            }
-            ("health", _) => {
-                let (tls, tls_health) = self.peer_health("tls-front");
-                Ok(json!({
-                    "service": "control",
-                    "status": "ok",
-                    "host_key_fingerprint": self.host_fingerprint,
-                    "uptime_secs": self.started.elapsed().as_secs(),
-                    "sessions": self.sessions.load(Ordering::Relaxed),
-                    "services": {"spa": self.peer_health("spa").0, "vpn": self.peer_health("vpn").0, "tls-front": tls},
-                    // The pin `gwos connect --pin` needs; null when tls-front does not answer.
-                    "tls_spki_sha256": tls_health.and_then(|h| h.get("spki_sha256").cloned()).unwrap_or(Value::Null),
-                }))
-            }
-            // vpn's RPC names the user `name` and nests the networks in `policy`.
-            ("vpn_user_create", Params::VpnUserCreate(p)) => {
-                let mut v = json!({"name": p.user, "public_key": p.public_key});
-                if let Some(a) = p.address {
-                    v["address"] = json!(a);
-                }
-                if let Some(a) = p.allowed {
-                    v["policy"] = json!({"allowed": a});
-                }
-                self.forward("vpn", command, v, trace_id)
-            }
-            ("update_ccd", Params::UpdateCcd(p)) => self.forward(
-                "vpn",
-                command,
-                json!({"name": p.user, "policy": {"allowed": p.allowed}}),
-                trace_id,
-            ),
-            ("vpn_user_delete", Params::User(p)) => {
-                self.forward("vpn", command, json!({"name": p.user}), trace_id)
-            }
-            ("vpn_user_list" | "vpn_status", _) => {
-                self.forward("vpn", command, json!({}), trace_id)
-            }
-            ("spa_user_set", Params::SpaUserSet(p)) => {
-                self.forward("spa", command, to_value(&p), trace_id)
-            }
-            ("spa_user_delete", Params::User(p)) => {
-                self.forward("spa", command, to_value(&p), trace_id)
-            }
-            ("spa_user_list", _) => self.forward("spa", command, json!({}), trace_id),
-            ("control_key_add", Params::KeyAdd(p)) => {
-                let scopes = scope::Scopes::parse(&p.scopes)?;
-                if !key.scopes.covers(&scopes) {
-                    return Err(format!(
-                        "cannot grant scopes this key does not hold itself ({})",
-                        key.scopes.list().join(", ")
-                    ));
-                }
-                let c = KeyConfig {
-                    key: p.key.trim().to_owned(),
-                    scopes: scopes.list(),
-                    comment: p.comment,
-                    added_by: Some(key.fingerprint.clone()),
-                    added_at: Some(gwos_core::event::now_rfc3339()),
-                };
-                let k = self.keys.lock().unwrap_or_else(|p| p.into_inner()).add(c)?;
-                Ok(json!({"key": k.describe()}))
-            }
-            ("control_key_remove", Params::KeyRemove(p)) => {
-                let k = self
-                    .keys
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&p.fingerprint)?;
-                Ok(json!({"removed": k.describe()}))
-            }
-            ("control_key_list", _) => {
-                let keys: Vec<Value> = self
-                    .keys
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .all()
-                    .map(|k| k.describe())
-                    .collect();
-                Ok(json!({"keys": keys}))
-            }
-            ("config_get", _) => Ok(self.config_view()),
-            ("config_set", Params::ConfigSet(p)) => {
-                let mut rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-                let mut next = rt.clone();
-                next.apply(&p);
-                gwos_core::state::write_json(&self.state_dir.join("runtime.json"), &next)
-                    .map_err(|e| format!("saving runtime config: {e:#}"))?;
-                *rt = next;
-                drop(rt);
-                Ok(self.config_view())
-            }
-            (
-                "pull_logs",
-                Params::PullLogs {
-                    since,
-                    until,
-                    limit,
-                },
-            ) => {
-                let records = self.audit.read_window(since, until, limit);
-                Ok(
-                    json!({"since": since, "until": until, "count": records.len(), "records": records}),
-                )
-            }
-            ("reboot", _) => {
-                let path = gwos_core::context::socket_path(&self.run_dir, "init");
-                if !path.exists() {
-                    return Err(format!(
-                        "service unavailable: init (no socket at {})",
-                        path.display()
-                    ));
-                }
-                self.forward("init", "reboot", json!({}), trace_id)
-            }
-            (
-                "spawn_browser_container"
-                | "terminate_session"
-                | "update_apply"
-                | "update_status"
-                | "update_rollback",
-                _,
-            ) => Err(format!("{command} is not available in this release")),
-            (c, _) => Err(format!("internal error: no handler for {c}")),
-        }
-    }
-
-    fn config_view(&self) -> Value {
+    pub(crate) fn config_view(&self) -> Value {
         let rt = self
             .runtime
             .lock()
@@ -460,17 +324,5 @@ impl Control {
                 "require_approval": self.site.require_approval,
             },
         })
-    }
-}
-
-mod erased {
-    /// Serialize any validated parameter struct to a JSON value.
-    pub trait Ser {
-        fn value(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn value(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-        }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::command::{Command, Risk};
 use crate::keys::KeyConfig;
 
 /// `[control]` section of the site config.
@@ -30,8 +31,9 @@ pub struct ControlConfig {
     pub audit_max_bytes: u64,
     /// Timeout of RPC calls to other services.
     pub rpc_timeout_secs: u64,
-    /// Commands that need a second admin key's approval token.
-    pub require_approval: Vec<String>,
+    /// Commands that need a second admin key's approval token (only
+    /// `Risk::High` commands may be listed).
+    pub require_approval: Vec<Command>,
     /// Authorized control keys (baked into the image).
     pub keys: Vec<KeyConfig>,
 }
@@ -63,10 +65,16 @@ impl ControlConfig {
             crate::request::cidr("backend", b).map_err(|e| anyhow::anyhow!("[control] {e}"))?;
         }
         for c in &self.require_approval {
-            match crate::scope::command(c) {
-                Some(spec) if spec.risky => {}
-                _ => anyhow::bail!("[control] require_approval: {c:?} is not a risky command"),
-            }
+            anyhow::ensure!(
+                c.risk() == Risk::High,
+                "[control] require_approval: {c} is not a risky command (risky: {})",
+                Command::ALL
+                    .iter()
+                    .filter(|c| c.risk() == Risk::High)
+                    .map(|c| c.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         anyhow::ensure!(
             self.max_sessions > 0 && self.max_auth_tries > 0,

@@ -3,18 +3,21 @@
 //!
 //! Data flow: backend `ssh -p 2222 gwctl@gw <command> < request.json` →
 //! [`server`] (russh: backend source check at accept, ed25519 public-key auth,
-//! `exec` only) → [`commands`] (scope check, approval, [`request`] validation)
-//! → local RPC to the owning service (`vpn.sock`, `spa.sock`, `init.sock`) or
+//! `exec` only) → [`commands`] (the [`command`] table: scope check, approval,
+//! [`request`] validation, handler) → local RPC to the owning service (`vpn.sock`, `spa.sock`, `init.sock`) or
 //! control's own state (keys, runtime config) → JSON on stdout + exit status.
 //! Every call and every refusal leaves one [`audit`] record (stdout event for
 //! logship/SIEM and `<state_dir>/audit.log` for `pull_logs`).
 //! [`client`] holds the backend-side helpers behind `gwos ctl`.
+#![forbid(unsafe_code)]
 
 pub mod approval;
 pub mod audit;
 pub mod client;
+pub mod command;
 pub mod commands;
 pub mod config;
+mod handlers;
 pub mod keys;
 pub mod request;
 pub mod scope;

@@ -1,6 +1,8 @@
 //! The request body (a JSON object on stdin) and strict validators for every
-//! command's parameters. Pure functions: the fuzz target `control_request`
-//! drives [`parse_envelope`] and [`validate_params`] with arbitrary bytes.
+//! command's parameters ([`Validate`], one impl per parameter struct; the
+//! command table in [`crate::command`] says which struct a command takes).
+//! Pure functions: the fuzz target `control_request` drives
+//! [`parse_envelope`] and `Command::validate` with arbitrary bytes.
 
 use std::net::IpAddr;
 
@@ -333,25 +335,17 @@ pub struct PullLogs {
     pub limit: Option<u64>,
 }
 
-/// Validated parameters of one command.
-#[derive(Debug, Clone)]
-pub enum Params {
-    None,
-    User(UserOnly),
-    VpnUserCreate(VpnUserCreate),
-    UpdateCcd(UpdateCcd),
-    SpaUserSet(SpaUserSet),
-    KeyAdd(KeyAdd),
-    KeyRemove(KeyRemove),
-    ConfigSet(ConfigSet),
-    PullLogs {
-        since: i64,
-        until: i64,
-        limit: usize,
-    },
+/// A parameter struct that checks its own fields. `Valid` is what the
+/// handler receives and what the audit record shows (after [`redact`]).
+pub trait Validate: serde::de::DeserializeOwned {
+    type Valid: Serialize + std::fmt::Debug + Clone;
+    fn validate(self, now: i64) -> Result<Self::Valid, FieldError>;
 }
 
-fn typed<T: serde::de::DeserializeOwned>(params: &Map<String, Value>) -> Result<T, FieldError> {
+/// Deserializes the parameter object into `T` (unknown fields are refused).
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(
+    params: &Map<String, Value>,
+) -> Result<T, FieldError> {
     serde_json::from_value(Value::Object(params.clone()))
         .map_err(|e| FieldError(format!("invalid parameters: {e}")))
 }
@@ -380,163 +374,191 @@ pub fn time_value(field: &str, v: &Value) -> Result<i64, FieldError> {
     }
 }
 
-/// Strictly validates `params` for `command` (already known to exist).
-pub fn validate_params(
-    command: &str,
-    params: &Map<String, Value>,
-    now: i64,
-) -> Result<Params, FieldError> {
-    Ok(match command {
-        "vpn_user_create" => {
-            let p: VpnUserCreate = typed(params)?;
-            user_name("user", &p.user)?;
-            base64_exact("public_key", &p.public_key, 32)?;
-            if let Some(a) = &p.address {
-                if !matches!(ip("address", a)?, IpAddr::V4(_)) {
-                    return err("address", "must be an IPv4 address");
-                }
-            }
-            if let Some(a) = &p.allowed {
-                ipv4_cidrs("allowed", a, 64)?;
-            }
-            Params::VpnUserCreate(p)
-        }
-        "vpn_user_delete" | "spa_user_delete" => {
-            let p: UserOnly = typed(params)?;
-            user_name("user", &p.user)?;
-            Params::User(p)
-        }
-        "update_ccd" => {
-            let p: UpdateCcd = typed(params)?;
-            user_name("user", &p.user)?;
-            ipv4_cidrs("allowed", &p.allowed, 64)?;
-            Params::UpdateCcd(p)
-        }
-        "spa_user_set" => {
-            let p: SpaUserSet = typed(params)?;
-            user_name("user", &p.user)?;
-            base64_range("key_base64", &p.key_base64, 16, 32)?;
-            base64_range("hmac_key_base64", &p.hmac_key_base64, 32, 128)?;
-            if let Some(h) = &p.hmac_type {
-                word("hmac_type", h)?;
-            }
-            if let Some(m) = &p.encryption_mode {
-                word("encryption_mode", m)?;
-            }
-            if let Some(ports) = &p.ports {
-                if ports.len() > 32 {
-                    return err("ports", "at most 32 entries");
-                }
-                for x in ports {
-                    proto_port("ports", x)?;
-                }
-            }
-            if let Some(src) = &p.sources {
-                if src.len() > 64 {
-                    return err("sources", "at most 64 entries");
-                }
-                for c in src {
-                    cidr("sources", c)?;
-                }
-            }
-            if let Some(t) = p.timeout_secs {
-                secs("timeout_secs", t, 86400)?;
-            }
-            Params::SpaUserSet(p)
-        }
-        "control_key_add" => {
-            let p: KeyAdd = typed(params)?;
-            if p.key.len() > 1024 {
-                return err("key", "longer than 1024 bytes");
-            }
-            crate::keys::parse_ed25519_line(&p.key)
-                .map_err(|e| FieldError(format!("invalid field \"key\": {e}")))?;
-            crate::scope::Scopes::parse(&p.scopes)
-                .map_err(|e| FieldError(format!("invalid field \"scopes\": {e}")))?;
-            if let Some(c) = &p.comment {
-                if c.len() > 128 || c.chars().any(char::is_control) {
-                    return err("comment", "at most 128 printable characters");
-                }
-            }
-            Params::KeyAdd(p)
-        }
-        "control_key_remove" => {
-            let p: KeyRemove = typed(params)?;
-            if !p.fingerprint.starts_with("SHA256:") || p.fingerprint.len() > 80 {
-                return err(
-                    "fingerprint",
-                    "must be SHA256:... as ssh-keygen -lf prints it",
-                );
-            }
-            Params::KeyRemove(p)
-        }
-        "config_set" => {
-            let p: ConfigSet = typed(params)?;
-            if p == ConfigSet::default() {
-                return Err(FieldError("config_set needs at least one field".into()));
-            }
-            if let Some(Some(e)) = &p.siem_endpoint {
-                endpoint("siem_endpoint", e)?;
-            }
-            if let Some(Some(b)) = &p.backend {
-                if b.is_empty() || b.len() > 64 {
-                    return err("backend", "1..=64 CIDRs (null clears the override)");
-                }
-                for c in b {
-                    cidr("backend", c)?;
-                }
-            }
-            if let Some(Some(d)) = &p.dns {
-                if d.len() > 4 {
-                    return err("dns", "at most 4 entries");
-                }
-                for a in d {
-                    ip("dns", a)?;
-                }
-            }
-            if let Some(Some(v)) = p.idle_timeout_secs {
-                secs("idle_timeout_secs", v, 86400)?;
-            }
-            if let Some(Some(v)) = p.auth_timeout_secs {
-                secs("auth_timeout_secs", v, 600)?;
-            }
-            if let Some(Some(v)) = p.rpc_timeout_secs {
-                secs("rpc_timeout_secs", v, 600)?;
-            }
-            Params::ConfigSet(p)
-        }
-        "pull_logs" => {
-            let p: PullLogs = typed(params)?;
-            let since = p
-                .since
-                .as_ref()
-                .map(|v| time_value("since", v))
-                .transpose()?
-                .unwrap_or(now - 3600);
-            let until = p
-                .until
-                .as_ref()
-                .map(|v| time_value("until", v))
-                .transpose()?
-                .unwrap_or(now + 1);
-            if until < since {
-                return err("until", "is before since");
-            }
-            let limit = p.limit.unwrap_or(1000);
-            if limit == 0 || limit > 10_000 {
-                return err("limit", "must be 1..=10000");
-            }
-            Params::PullLogs {
-                since,
-                until,
-                limit: limit as usize,
+impl Validate for Empty {
+    type Valid = Empty;
+    fn validate(self, _now: i64) -> Result<Empty, FieldError> {
+        Ok(self)
+    }
+}
+
+impl Validate for UserOnly {
+    type Valid = UserOnly;
+    fn validate(self, _now: i64) -> Result<UserOnly, FieldError> {
+        user_name("user", &self.user)?;
+        Ok(self)
+    }
+}
+
+impl Validate for VpnUserCreate {
+    type Valid = VpnUserCreate;
+    fn validate(self, _now: i64) -> Result<VpnUserCreate, FieldError> {
+        user_name("user", &self.user)?;
+        base64_exact("public_key", &self.public_key, 32)?;
+        if let Some(a) = &self.address {
+            if !matches!(ip("address", a)?, IpAddr::V4(_)) {
+                return err("address", "must be an IPv4 address");
             }
         }
-        _ => {
-            let _: Empty = typed(params)?;
-            Params::None
+        if let Some(a) = &self.allowed {
+            ipv4_cidrs("allowed", a, 64)?;
         }
-    })
+        Ok(self)
+    }
+}
+
+impl Validate for UpdateCcd {
+    type Valid = UpdateCcd;
+    fn validate(self, _now: i64) -> Result<UpdateCcd, FieldError> {
+        user_name("user", &self.user)?;
+        ipv4_cidrs("allowed", &self.allowed, 64)?;
+        Ok(self)
+    }
+}
+
+impl Validate for SpaUserSet {
+    type Valid = SpaUserSet;
+    fn validate(self, _now: i64) -> Result<SpaUserSet, FieldError> {
+        user_name("user", &self.user)?;
+        base64_range("key_base64", &self.key_base64, 16, 32)?;
+        base64_range("hmac_key_base64", &self.hmac_key_base64, 32, 128)?;
+        if let Some(h) = &self.hmac_type {
+            word("hmac_type", h)?;
+        }
+        if let Some(m) = &self.encryption_mode {
+            word("encryption_mode", m)?;
+        }
+        if let Some(ports) = &self.ports {
+            if ports.len() > 32 {
+                return err("ports", "at most 32 entries");
+            }
+            for x in ports {
+                proto_port("ports", x)?;
+            }
+        }
+        if let Some(src) = &self.sources {
+            if src.len() > 64 {
+                return err("sources", "at most 64 entries");
+            }
+            for c in src {
+                cidr("sources", c)?;
+            }
+        }
+        if let Some(t) = self.timeout_secs {
+            secs("timeout_secs", t, 86400)?;
+        }
+        Ok(self)
+    }
+}
+
+impl Validate for KeyAdd {
+    type Valid = KeyAdd;
+    fn validate(self, _now: i64) -> Result<KeyAdd, FieldError> {
+        if self.key.len() > 1024 {
+            return err("key", "longer than 1024 bytes");
+        }
+        crate::keys::parse_ed25519_line(&self.key)
+            .map_err(|e| FieldError(format!("invalid field \"key\": {e}")))?;
+        crate::scope::Scopes::parse(&self.scopes)
+            .map_err(|e| FieldError(format!("invalid field \"scopes\": {e}")))?;
+        if let Some(c) = &self.comment {
+            if c.len() > 128 || c.chars().any(char::is_control) {
+                return err("comment", "at most 128 printable characters");
+            }
+        }
+        Ok(self)
+    }
+}
+
+impl Validate for KeyRemove {
+    type Valid = KeyRemove;
+    fn validate(self, _now: i64) -> Result<KeyRemove, FieldError> {
+        if !self.fingerprint.starts_with("SHA256:")
+            || self.fingerprint.len() > 80
+            || self.fingerprint.chars().any(char::is_control)
+        {
+            return err(
+                "fingerprint",
+                "must be SHA256:... as ssh-keygen -lf prints it",
+            );
+        }
+        Ok(self)
+    }
+}
+
+impl Validate for ConfigSet {
+    type Valid = ConfigSet;
+    fn validate(self, _now: i64) -> Result<ConfigSet, FieldError> {
+        if self == ConfigSet::default() {
+            return Err(FieldError("config_set needs at least one field".into()));
+        }
+        if let Some(Some(e)) = &self.siem_endpoint {
+            endpoint("siem_endpoint", e)?;
+        }
+        if let Some(Some(b)) = &self.backend {
+            if b.is_empty() || b.len() > 64 {
+                return err("backend", "1..=64 CIDRs (null clears the override)");
+            }
+            for c in b {
+                cidr("backend", c)?;
+            }
+        }
+        if let Some(Some(d)) = &self.dns {
+            if d.len() > 4 {
+                return err("dns", "at most 4 entries");
+            }
+            for a in d {
+                ip("dns", a)?;
+            }
+        }
+        if let Some(Some(v)) = self.idle_timeout_secs {
+            secs("idle_timeout_secs", v, 86400)?;
+        }
+        if let Some(Some(v)) = self.auth_timeout_secs {
+            secs("auth_timeout_secs", v, 600)?;
+        }
+        if let Some(Some(v)) = self.rpc_timeout_secs {
+            secs("rpc_timeout_secs", v, 600)?;
+        }
+        Ok(self)
+    }
+}
+
+/// `pull_logs` after validation: a window in Unix seconds and a record cap.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LogWindow {
+    pub since: i64,
+    pub until: i64,
+    pub limit: usize,
+}
+
+impl Validate for PullLogs {
+    type Valid = LogWindow;
+    fn validate(self, now: i64) -> Result<LogWindow, FieldError> {
+        let since = self
+            .since
+            .as_ref()
+            .map(|v| time_value("since", v))
+            .transpose()?
+            .unwrap_or(now - 3600);
+        let until = self
+            .until
+            .as_ref()
+            .map(|v| time_value("until", v))
+            .transpose()?
+            .unwrap_or(now + 1);
+        if until < since {
+            return err("until", "is before since");
+        }
+        let limit = self.limit.unwrap_or(1000);
+        if limit == 0 || limit > 10_000 {
+            return err("limit", "must be 1..=10000");
+        }
+        Ok(LogWindow {
+            since,
+            until,
+            limit: limit as usize,
+        })
+    }
 }
 
 /// Field names whose values never reach logs.
@@ -575,10 +597,15 @@ pub fn redact(v: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::Command;
     use serde_json::json;
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    fn invalid(c: Command, v: Value) -> String {
+        c.validate(&obj(v), 100).unwrap_err().0
     }
 
     #[test]
@@ -604,62 +631,73 @@ mod tests {
             .unwrap_err()
             .0
             .contains("larger"));
-        assert!(trace_id(&"a".repeat(65)).is_err() && trace_id(&"a".repeat(64)).is_ok());
+        assert_eq!(
+            trace_id(&"a".repeat(65)),
+            Err(FieldError(
+                "invalid field \"trace_id\": must match [A-Za-z0-9_-]{1,64}".into()
+            ))
+        );
+        assert_eq!(trace_id(&"a".repeat(64)), Ok("a".repeat(64)));
     }
 
     #[test]
     fn validators_name_the_field() {
         let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-        assert!(validate_params(
-            "vpn_user_create",
-            &obj(json!({"user":"alice","public_key":key})),
-            0
-        )
-        .is_ok());
-        let e = validate_params(
-            "vpn_user_create",
-            &obj(json!({"user":"Alice","public_key":key})),
-            0,
-        )
-        .unwrap_err();
-        assert!(e.0.contains("\"user\""), "{e}");
-        let e = validate_params(
-            "vpn_user_create",
-            &obj(json!({"user":"alice","public_key":"AAAA"})),
-            0,
-        )
-        .unwrap_err();
-        assert!(e.0.contains("public_key"), "{e}");
-        let e = validate_params(
-            "vpn_user_create",
-            &obj(json!({"user":"alice","public_key":key,"x":1})),
-            0,
-        )
-        .unwrap_err();
-        assert!(e.0.contains("unknown field `x`"), "{e}");
-        let e = validate_params(
-            "update_ccd",
-            &obj(json!({"user":"bob","allowed":["10.0.0.1/24"]})),
-            0,
-        )
-        .unwrap_err();
-        assert!(e.0.contains("host bits"), "{e}");
-        let e =
-            validate_params("config_set", &obj(json!({"siem_endpoint":"siem:0"})), 0).unwrap_err();
-        assert!(e.0.contains("siem_endpoint"), "{e}");
-        assert!(validate_params("config_set", &obj(json!({"backend":null})), 0).is_ok());
-        assert!(validate_params("health", &obj(json!({"extra":1})), 0).is_err());
-        assert!(
-            user_name("u", &"a".repeat(32)).is_ok() && user_name("u", &"a".repeat(33)).is_err()
+        let p = Command::VpnUserCreate
+            .validate(&obj(json!({"user":"alice","public_key":key})), 0)
+            .unwrap();
+        assert_eq!(p.command(), Command::VpnUserCreate);
+        let e = invalid(
+            Command::VpnUserCreate,
+            json!({"user":"Alice","public_key":key}),
         );
-        assert!(user_name("u", "1a").is_err());
-        let p = validate_params(
-            "pull_logs",
-            &obj(json!({"since":"2026-01-01T00:00:00Z","limit":5})),
-            100,
-        )
-        .unwrap_err();
-        assert!(p.0.contains("until"), "{p}");
+        assert!(e.contains("\"user\""), "{e}");
+        let e = invalid(
+            Command::VpnUserCreate,
+            json!({"user":"alice","public_key":"AAAA"}),
+        );
+        assert!(e.contains("public_key"), "{e}");
+        let e = invalid(
+            Command::VpnUserCreate,
+            json!({"user":"alice","public_key":key,"x":1}),
+        );
+        assert!(e.contains("unknown field `x`"), "{e}");
+        let e = invalid(
+            Command::UpdateCcd,
+            json!({"user":"bob","allowed":["10.0.0.1/24"]}),
+        );
+        assert!(e.contains("host bits"), "{e}");
+        let e = invalid(Command::ConfigSet, json!({"siem_endpoint":"siem:0"}));
+        assert!(e.contains("siem_endpoint"), "{e}");
+        let e = invalid(Command::ConfigSet, json!({}));
+        assert!(e.contains("at least one field"), "{e}");
+        let p = Command::ConfigSet
+            .validate(&obj(json!({"backend":null})), 0)
+            .unwrap();
+        assert_eq!(p.to_value(), json!({"backend": null}));
+        let e = invalid(Command::Health, json!({"extra":1}));
+        assert!(e.contains("unknown field `extra`"), "{e}");
+        assert_eq!(user_name("u", &"a".repeat(32)), Ok(()));
+        let e = user_name("u", &"a".repeat(33)).unwrap_err().0;
+        assert!(e.contains("^[a-z][a-z0-9_-]{0,31}$"), "{e}");
+        let e = user_name("u", "1a").unwrap_err().0;
+        assert!(e.contains("invalid field \"u\""), "{e}");
+        let e = invalid(
+            Command::PullLogs,
+            json!({"since":"2026-01-01T00:00:00Z","limit":5}),
+        );
+        assert!(e.contains("until"), "{e}");
+        let e = invalid(Command::ControlKeyRemove, json!({"fingerprint":"MD5:aa"}));
+        assert!(e.contains("\"fingerprint\""), "{e}");
+    }
+
+    #[test]
+    fn pull_logs_defaults_to_the_last_hour() {
+        let p = Command::PullLogs.validate(&Map::new(), 10_000).unwrap();
+        assert_eq!(
+            p.to_value(),
+            json!({"since": 10_000 - 3600, "until": 10_001, "limit": 1000})
+        );
     }
 
     #[test]
