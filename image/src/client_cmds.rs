@@ -72,7 +72,15 @@ pub fn ctl(c: Ctl) -> Result<i32> {
         if request.get("trace_id").is_none() {
             request["trace_id"] = serde_json::Value::String(gwos_core::event::new_trace_id());
         }
-        request = gwos_control::client::approve(approver, &c.command, &request, c.approval_secs)?;
+        // The approval is bound to the key that sends the request (-i).
+        let (_, requester) = gwos_control::client::read_ed25519_identity(&c.identity)?;
+        request = gwos_control::client::approve(
+            approver,
+            &requester,
+            &c.command,
+            &request,
+            c.approval_secs,
+        )?;
     }
     let target = gwos_control::client::Target {
         host: c.host,

@@ -107,9 +107,12 @@ pub fn read_ed25519_identity(path: &Path) -> Result<([u8; 32], String)> {
 }
 
 /// Returns `request` with an `approval` by the key at `approver_identity`
-/// valid for `valid_secs`. `request` must be an object with a `trace_id`.
+/// for the key `requester` (its `SHA256:` fingerprint; only that key can
+/// use it, once), valid for `valid_secs`. `request` must be an object with a
+/// `trace_id`.
 pub fn approve(
     approver_identity: &Path,
+    requester: &str,
     command: &str,
     request: &Value,
     valid_secs: i64,
@@ -131,7 +134,18 @@ pub fn approve(
         + valid_secs.clamp(1, crate::approval::MAX_VALIDITY_SECS);
     obj.insert(
         "approval".into(),
-        crate::approval::sign(&seed, &fp, command, &params, &trace, expires),
+        crate::approval::sign(
+            &seed,
+            &fp,
+            &crate::approval::Subject {
+                command,
+                requester,
+                params: &params,
+                trace_id: &trace,
+            },
+            &crate::approval::new_nonce(),
+            expires,
+        ),
     );
     Ok(Value::Object(obj))
 }

@@ -1,7 +1,8 @@
 //! The one table of control commands. Each row is one [`Command`] variant and
 //! carries everything the rest of the crate derives from it: the wire name,
 //! the scope a key needs, the risk (whether the site config may demand a
-//! second admin key's approval), the parameter type (a
+//! second admin key's approval), the effect (a change gets a durable
+//! intent record before it runs), the parameter type (a
 //! `deny_unknown_fields` struct in [`crate::request`] implementing
 //! [`Validate`]) and the handler (a function in [`crate::handlers`]).
 //! `help`, the scope check, validation, the audit record's arguments and
@@ -44,6 +45,16 @@ pub enum Risk {
     High,
 }
 
+/// What a command does to the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Only reads.
+    Read,
+    /// Changes state here or in another service: an intent record is made
+    /// durable before it runs, and it is refused if that fails.
+    Change,
+}
+
 /// A command name that is not in the table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown command {0:?}; `help` lists the commands this key may call")]
@@ -56,6 +67,7 @@ macro_rules! commands {
             name: $name:literal,
             scope: $scope:expr,
             risk: $risk:ident,
+            effect: $effect:ident,
             params: $params:ty,
             handler: $handler:path,
             summary: $summary:literal $(,)?
@@ -91,6 +103,11 @@ macro_rules! commands {
                 match self { $( Command::$variant => Risk::$risk, )* }
             }
 
+            /// Whether the command changes state (and so gets an intent record first).
+            pub const fn effect(self) -> Effect {
+                match self { $( Command::$variant => Effect::$effect, )* }
+            }
+
             /// One line for `help`.
             pub const fn summary(self) -> &'static str {
                 match self { $( Command::$variant => $summary, )* }
@@ -120,7 +137,7 @@ macro_rules! commands {
             }
 
             /// Runs the command's handler.
-            pub(crate) fn execute(self, ctl: &crate::commands::Control, cx: &Ctx<'_>) -> Result<Value, String> {
+            pub(crate) fn execute(self, ctl: &crate::commands::Control, cx: &Ctx<'_>) -> Result<Value, handlers::HandlerError> {
                 match self { $( Params::$variant(p) => $handler(ctl, p, cx), )* }
             }
         }
@@ -139,91 +156,91 @@ macro_rules! commands {
 
 commands! {
     Help {
-        name: "help", scope: None, risk: Normal, params: Empty,
+        name: "help", scope: None, risk: Normal, effect: Read, params: Empty,
         handler: handlers::help, summary: "commands this key may call",
     }
     Health {
-        name: "health", scope: Some("health:read"), risk: Normal, params: Empty,
+        name: "health", scope: Some("health:read"), risk: Normal, effect: Read, params: Empty,
         handler: handlers::health, summary: "control health, host key fingerprint, peer services",
     }
     VpnUserCreate {
-        name: "vpn_user_create", scope: Some("vpn:write"), risk: Normal, params: request::VpnUserCreate,
+        name: "vpn_user_create", scope: Some("vpn:write"), risk: Normal, effect: Change, params: request::VpnUserCreate,
         handler: handlers::vpn_user_create, summary: "add a VPN user (WireGuard public key)",
     }
     VpnUserDelete {
-        name: "vpn_user_delete", scope: Some("vpn:write"), risk: Normal, params: request::UserOnly,
+        name: "vpn_user_delete", scope: Some("vpn:write"), risk: Normal, effect: Change, params: request::UserOnly,
         handler: handlers::vpn_user_delete, summary: "remove a VPN user",
     }
     VpnUserList {
-        name: "vpn_user_list", scope: Some("vpn:read"), risk: Normal, params: Empty,
+        name: "vpn_user_list", scope: Some("vpn:read"), risk: Normal, effect: Read, params: Empty,
         handler: handlers::forward_vpn, summary: "list VPN users",
     }
     VpnStatus {
-        name: "vpn_status", scope: Some("vpn:read"), risk: Normal, params: Empty,
+        name: "vpn_status", scope: Some("vpn:read"), risk: Normal, effect: Read, params: Empty,
         handler: handlers::forward_vpn, summary: "VPN service status",
     }
     UpdateCcd {
-        name: "update_ccd", scope: Some("vpn:write"), risk: Normal, params: request::UpdateCcd,
+        name: "update_ccd", scope: Some("vpn:write"), risk: Normal, effect: Change, params: request::UpdateCcd,
         handler: handlers::update_ccd, summary: "set a VPN user's routes and DNS",
     }
     SpaUserSet {
-        name: "spa_user_set", scope: Some("spa:write"), risk: Normal, params: request::SpaUserSet,
+        name: "spa_user_set", scope: Some("spa:write"), risk: Normal, effect: Change, params: request::SpaUserSet,
         handler: handlers::forward_spa, summary: "add or replace an SPA user's keys",
     }
     SpaUserDelete {
-        name: "spa_user_delete", scope: Some("spa:write"), risk: Normal, params: request::UserOnly,
+        name: "spa_user_delete", scope: Some("spa:write"), risk: Normal, effect: Change, params: request::UserOnly,
         handler: handlers::forward_spa, summary: "remove an SPA user",
     }
     SpaUserList {
-        name: "spa_user_list", scope: Some("spa:read"), risk: Normal, params: Empty,
+        name: "spa_user_list", scope: Some("spa:read"), risk: Normal, effect: Read, params: Empty,
         handler: handlers::forward_spa, summary: "list SPA users",
     }
     ControlKeyAdd {
-        name: "control_key_add", scope: Some("keys:write"), risk: High, params: request::KeyAdd,
+        name: "control_key_add", scope: Some("keys:write"), risk: High, effect: Change, params: request::KeyAdd,
         handler: handlers::control_key_add, summary: "add a control key with scopes",
     }
     ControlKeyRemove {
-        name: "control_key_remove", scope: Some("keys:write"), risk: High, params: request::KeyRemove,
+        name: "control_key_remove", scope: Some("keys:write"), risk: High, effect: Change, params: request::KeyRemove,
         handler: handlers::control_key_remove, summary: "remove a control key added at runtime",
     }
     ControlKeyList {
-        name: "control_key_list", scope: Some("keys:write"), risk: Normal, params: Empty,
+        name: "control_key_list", scope: Some("keys:write"), risk: Normal, effect: Read, params: Empty,
         handler: handlers::control_key_list, summary: "list control keys and their scopes",
     }
     ConfigGet {
-        name: "config_get", scope: Some("config:read"), risk: Normal, params: Empty,
+        name: "config_get", scope: Some("config:read"), risk: Normal, effect: Read, params: Empty,
         handler: handlers::config_get, summary: "runtime config overrides and effective values",
     }
     ConfigSet {
-        name: "config_set", scope: Some("config:write"), risk: Normal, params: request::ConfigSet,
+        name: "config_set", scope: Some("config:write"), risk: Normal, effect: Change, params: request::ConfigSet,
         handler: handlers::config_set, summary: "set runtime config overrides",
     }
     PullLogs {
-        name: "pull_logs", scope: Some("logs:read"), risk: Normal, params: request::PullLogs,
+        name: "pull_logs", scope: Some("logs:read"), risk: Normal, effect: Read, params: request::PullLogs,
         handler: handlers::pull_logs, summary: "audit records for a time window",
     }
     Reboot {
-        name: "reboot", scope: Some("admin"), risk: High, params: Empty,
+        name: "reboot", scope: Some("admin"), risk: High, effect: Change, params: Empty,
         handler: handlers::reboot, summary: "ask init to reboot the gateway",
     }
     SpawnBrowserContainer {
-        name: "spawn_browser_container", scope: Some("sessions:write"), risk: Normal, params: Empty,
+        name: "spawn_browser_container", scope: Some("sessions:write"), risk: Normal, effect: Change, params: Empty,
         handler: handlers::not_available, summary: "not available in this release",
     }
     TerminateSession {
-        name: "terminate_session", scope: Some("sessions:write"), risk: Normal, params: Empty,
+        name: "terminate_session", scope: Some("sessions:write"), risk: Normal, effect: Change, params: Empty,
         handler: handlers::not_available, summary: "not available in this release",
     }
     UpdateApply {
-        name: "update_apply", scope: Some("update:write"), risk: High, params: Empty,
+        name: "update_apply", scope: Some("update:write"), risk: High, effect: Change, params: Empty,
         handler: handlers::not_available, summary: "not available in this release",
     }
     UpdateStatus {
-        name: "update_status", scope: Some("update:write"), risk: Normal, params: Empty,
+        name: "update_status", scope: Some("update:write"), risk: Normal, effect: Read, params: Empty,
         handler: handlers::not_available, summary: "not available in this release",
     }
     UpdateRollback {
-        name: "update_rollback", scope: Some("update:write"), risk: High, params: Empty,
+        name: "update_rollback", scope: Some("update:write"), risk: High, effect: Change, params: Empty,
         handler: handlers::not_available, summary: "not available in this release",
     }
 }

@@ -15,9 +15,9 @@ use std::time::Instant;
 use serde_json::{json, Map, Value};
 
 use crate::audit::AuditLog;
-use crate::command::{Command, Risk};
+use crate::command::{Command, Effect, Risk};
 use crate::config::{ControlConfig, Effective, RuntimeConfig};
-use crate::handlers::Ctx;
+use crate::handlers::{Ctx, HandlerError};
 use crate::keys::KeyStore;
 use crate::request;
 
@@ -27,8 +27,12 @@ pub struct Control {
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
     pub keys: Mutex<KeyStore>,
+    /// Approval tokens already used (F5: one call per token).
+    pub approvals: Mutex<crate::approval::UsedApprovals>,
     pub runtime: Mutex<RuntimeConfig>,
     pub audit: AuditLog,
+    /// Aggregates refusals before authentication (F7).
+    pub refusals: Mutex<crate::refusals::Refusals>,
     pub host_fingerprint: String,
     pub started: Instant,
     pub sessions: AtomicUsize,
@@ -48,18 +52,27 @@ pub struct CallInput {
     pub body: Vec<u8>,
     /// More than the cap was sent.
     pub overflow: bool,
+    /// The connection as a whole buffered too much (several channels at once).
+    pub buffer_full: bool,
     /// Environment variables the client tried to set (refused).
     pub refused_env: Vec<String>,
 }
 
-/// What a call learned on the way, for its audit record.
+/// What a call learned on the way, for its audit records.
 #[derive(Default)]
 struct Notes {
     trace_id: String,
+    /// Validated, redacted, bounded parameters; `null` until validated.
     arguments: Value,
+    arguments_truncated: bool,
+    /// Field names of a request refused before validation.
+    argument_names: Option<Value>,
     key_comment: String,
     approved_by: Option<String>,
 }
+
+/// Longest error message kept in an audit record.
+const MAX_RECORD_ERROR: usize = 512;
 
 enum Outcome {
     Ok(Map<String, Value>),
@@ -72,12 +85,83 @@ pub(crate) fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// `s` cut at `max` bytes (on a character boundary), marked with `…`.
+pub fn bounded_text(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 /// Printable, bounded copy of a client-supplied string for logs.
 pub fn sanitize(s: &str, max: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
 impl Control {
+    /// Loads keys and runtime overrides from `state_dir`.
+    pub fn new(
+        site: ControlConfig,
+        state_dir: &std::path::Path,
+        run_dir: &std::path::Path,
+        host_fingerprint: String,
+    ) -> anyhow::Result<Self> {
+        let keys = KeyStore::load(&site.keys, state_dir)?;
+        let runtime: RuntimeConfig =
+            gwos_core::state::read_json(&state_dir.join("runtime.json"))?.unwrap_or_default();
+        Ok(Self {
+            audit: AuditLog::new(state_dir, site.audit_max_bytes, site.audit_files),
+            refusals: Mutex::new(crate::refusals::Refusals::default()),
+            site,
+            state_dir: state_dir.to_owned(),
+            run_dir: run_dir.to_owned(),
+            keys: Mutex::new(keys),
+            approvals: Mutex::new(crate::approval::UsedApprovals::load(state_dir)?),
+            runtime: Mutex::new(runtime),
+            host_fingerprint,
+            started: Instant::now(),
+            sessions: AtomicUsize::new(0),
+        })
+    }
+
+    /// Records a refusal that happened before authentication, unless the
+    /// source already had its share of records in this window (then it is
+    /// only counted; see [`crate::refusals`]).
+    pub fn record_unauthenticated(
+        &self,
+        kind: &'static str,
+        source: std::net::IpAddr,
+        reason: &str,
+        mut fields: Map<String, Value>,
+    ) {
+        let admitted = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(kind, &source.to_string(), reason, Instant::now());
+        if admitted {
+            fields.insert("source_ip".into(), json!(source.to_string()));
+            fields.insert("count".into(), json!(1));
+            self.audit.record(kind, fields);
+        }
+    }
+
+    /// Writes the aggregate records of the windows that ended by `now`.
+    pub fn flush_refusals(&self, now: Instant) {
+        let summaries = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush(now);
+        for s in summaries {
+            self.audit.record(s.kind, s.fields);
+        }
+    }
+
     pub fn effective(&self) -> Effective {
         crate::config::effective(
             &self.site,
@@ -94,41 +178,30 @@ impl Control {
         };
         let command = sanitize(input.command.trim(), 64);
         let outcome = self.call_inner(caller, &input, &command, &mut n);
-        let Notes {
-            trace_id,
-            arguments,
-            key_comment,
-            approved_by,
-        } = n;
         let (result, error, fields) = match outcome {
             Outcome::Ok(f) => ("ok", None, f),
             Outcome::Denied(e) => ("denied", Some(e), Map::new()),
             Outcome::Invalid(e) => ("invalid", Some(e), Map::new()),
             Outcome::Failed(e) => ("error", Some(e), Map::new()),
         };
-        let mut rec = Map::new();
-        rec.insert("trace_id".into(), json!(trace_id));
-        rec.insert("key_fingerprint".into(), json!(caller.fingerprint));
-        rec.insert("key_comment".into(), json!(key_comment));
-        rec.insert("source_ip".into(), json!(caller.source.to_string()));
-        rec.insert("command".into(), json!(command));
-        rec.insert("arguments".into(), arguments);
+        let mut rec = self.record_base(caller, &command, &n);
         rec.insert("result".into(), json!(result));
-        rec.insert("error".into(), json!(error));
+        rec.insert(
+            "error".into(),
+            json!(error.as_deref().map(|e| bounded_text(e, MAX_RECORD_ERROR))),
+        );
+        rec.insert("request_bytes".into(), json!(input.body.len()));
         rec.insert(
             "duration_ms".into(),
             json!(t0.elapsed().as_secs_f64() * 1000.0),
         );
-        if let Some(a) = approved_by {
-            rec.insert("approved_by".into(), json!(a));
-        }
         if !input.refused_env.is_empty() {
             rec.insert("refused_env".into(), json!(input.refused_env));
         }
         self.audit.record("control.call", rec);
         let mut resp = Map::new();
         resp.insert("ok".into(), json!(error.is_none()));
-        resp.insert("trace_id".into(), json!(trace_id));
+        resp.insert("trace_id".into(), json!(n.trace_id));
         match error {
             Some(e) => {
                 resp.insert("error".into(), json!(e));
@@ -136,6 +209,27 @@ impl Control {
             None => resp.extend(fields),
         }
         (Value::Object(resp), if result == "ok" { 0 } else { 1 })
+    }
+
+    /// Fields shared by a call's intent and result records.
+    fn record_base(&self, caller: &Caller, command: &str, n: &Notes) -> Map<String, Value> {
+        let mut rec = Map::new();
+        rec.insert("trace_id".into(), json!(n.trace_id));
+        rec.insert("key_fingerprint".into(), json!(caller.fingerprint));
+        rec.insert("key_comment".into(), json!(n.key_comment));
+        rec.insert("source_ip".into(), json!(caller.source.to_string()));
+        rec.insert("command".into(), json!(command));
+        rec.insert("arguments".into(), n.arguments.clone());
+        if n.arguments_truncated {
+            rec.insert("arguments_truncated".into(), json!(true));
+        }
+        if let Some(names) = &n.argument_names {
+            rec.insert("argument_names".into(), names.clone());
+        }
+        if let Some(a) = &n.approved_by {
+            rec.insert("approved_by".into(), json!(a));
+        }
+        rec
     }
 
     fn call_inner(
@@ -163,6 +257,12 @@ impl Control {
         };
         n.key_comment = key.comment.clone();
         let max = self.site.max_request_bytes;
+        if input.buffer_full {
+            return Outcome::Invalid(format!(
+                "more than {} bytes buffered on this connection; send requests one at a time",
+                max * crate::server::MAX_BUFFERED_REQUESTS
+            ));
+        }
         if input.overflow || input.body.len() > max {
             return Outcome::Invalid(format!("request larger than {max} bytes"));
         }
@@ -173,7 +273,8 @@ impl Control {
         if let Some(t) = &env.trace_id {
             n.trace_id = t.clone();
         }
-        n.arguments = request::redact(&Value::Object(env.params.clone()));
+        // Until the parameters are valid, the record holds only their names.
+        n.argument_names = Some(crate::audit::field_names(&env.params));
         if !key.scopes.allows(command) {
             return Outcome::Denied(format!(
                 "key {} ({}) lacks scope {} needed by {command}",
@@ -182,9 +283,13 @@ impl Control {
                 command.scope().unwrap_or("-"),
             ));
         }
+        let mut token = None;
         if self.approval_required(command) {
             match self.check_approval(&key.fingerprint, command, &env) {
-                Ok(approver) => n.approved_by = Some(approver),
+                Ok((t, approver)) => {
+                    token = Some(t);
+                    n.approved_by = Some(approver);
+                }
                 Err(e) => return Outcome::Denied(e),
             }
         }
@@ -192,6 +297,31 @@ impl Control {
             Ok(p) => p,
             Err(e) => return Outcome::Invalid(e.0),
         };
+        let (arguments, truncated) = crate::audit::bounded(
+            request::redact(&params.to_value()),
+            crate::audit::MAX_ARGUMENTS,
+        );
+        n.arguments = arguments;
+        n.arguments_truncated = truncated;
+        n.argument_names = None;
+        if command.effect() == Effect::Change {
+            let intent = self.record_base(caller, command.name(), n);
+            if let Err(e) = self.audit.record_durable("control.intent", intent) {
+                return Outcome::Failed(format!(
+                    "cannot record the change in the audit log ({e}); refusing {command}"
+                ));
+            }
+        }
+        if let Some(t) = &token {
+            let used = self
+                .approvals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .consume(t, now());
+            if let Err(e) = used {
+                return Outcome::Denied(e);
+            }
+        }
         let cx = Ctx {
             command,
             key: &key,
@@ -200,22 +330,28 @@ impl Control {
         match params.execute(self, &cx) {
             Ok(Value::Object(m)) => Outcome::Ok(m),
             Ok(other) => Outcome::Ok(Map::from_iter([("result".to_string(), other)])),
-            Err(e) => Outcome::Failed(e),
+            Err(HandlerError::Denied(e)) => Outcome::Denied(e),
+            Err(HandlerError::Failed(e)) => Outcome::Failed(e),
         }
     }
 
-    /// True if this call needs a second admin key's approval.
+    /// True if this call needs a second admin key's approval. Once any
+    /// command needs one, minting a key does too: otherwise an admin could
+    /// add a second admin key and approve their own requests with it.
     pub(crate) fn approval_required(&self, command: Command) -> bool {
-        command.risk() == Risk::High && self.site.require_approval.contains(&command)
+        let list = &self.site.require_approval;
+        command.risk() == Risk::High
+            && (list.contains(&command) || (command == Command::ControlKeyAdd && !list.is_empty()))
     }
 
-    /// Returns the approver's fingerprint.
+    /// Checks the approval of this call; returns the token (to consume once
+    /// the parameters are valid) and the approver's fingerprint.
     fn check_approval(
         &self,
         caller_fp: &str,
         command: Command,
         env: &request::Envelope,
-    ) -> Result<String, String> {
+    ) -> Result<(crate::approval::Token, String), String> {
         let Some(a) = &env.approval else {
             return Err(format!("{command} needs a second admin key's approval (field \"approval\"); see docs/control.md"));
         };
@@ -240,18 +376,29 @@ impl Control {
                 approver.fingerprint
             ));
         }
-        crate::approval::verify(
-            &token,
-            &approver.ed25519,
-            command.name(),
-            &env.params,
-            trace,
-            now(),
-        )?;
-        Ok(approver.fingerprint)
+        let subject = crate::approval::Subject {
+            command: command.name(),
+            requester: caller_fp,
+            params: &env.params,
+            trace_id: trace,
+        };
+        crate::approval::verify(&token, &approver.ed25519, &subject, now())?;
+        Ok((token, approver.fingerprint))
     }
 
+    /// Calls `method` on `service`'s local RPC socket.
     pub(crate) fn forward(
+        &self,
+        service: &str,
+        method: &str,
+        params: Value,
+        trace_id: &str,
+    ) -> Result<Value, HandlerError> {
+        self.forward_rpc(service, method, params, trace_id)
+            .map_err(HandlerError::Failed)
+    }
+
+    fn forward_rpc(
         &self,
         service: &str,
         method: &str,

@@ -29,6 +29,8 @@ pub struct ControlConfig {
     pub max_request_bytes: usize,
     /// Local audit log size before it rotates to `audit.log.1`.
     pub audit_max_bytes: u64,
+    /// Rotated audit files kept (`audit.log.1` … `audit.log.<N>`).
+    pub audit_files: usize,
     /// Timeout of RPC calls to other services.
     pub rpc_timeout_secs: u64,
     /// Commands that need a second admin key's approval token (only
@@ -49,6 +51,7 @@ impl Default for ControlConfig {
             max_auth_tries: 3,
             max_request_bytes: crate::request::DEFAULT_MAX_REQUEST,
             audit_max_bytes: 8 << 20,
+            audit_files: 4,
             rpc_timeout_secs: 10,
             require_approval: Vec::new(),
             keys: Vec::new(),
@@ -79,6 +82,16 @@ impl ControlConfig {
         anyhow::ensure!(
             self.max_sessions > 0 && self.max_auth_tries > 0,
             "[control] max_sessions and max_auth_tries must be > 0"
+        );
+        anyhow::ensure!(
+            (1..=64).contains(&self.audit_files),
+            "[control] audit_files must be 1..=64, not {}",
+            self.audit_files
+        );
+        anyhow::ensure!(
+            self.audit_max_bytes >= 64 * 1024,
+            "[control] audit_max_bytes must be >= 65536, not {}",
+            self.audit_max_bytes
         );
         anyhow::ensure!(
             self.max_request_bytes >= 1024,

@@ -24,7 +24,22 @@ pub(crate) struct Ctx<'a> {
     pub trace_id: &'a str,
 }
 
-type Out = Result<Value, String>;
+/// Why a handler did not do its job.
+#[derive(Debug)]
+pub(crate) enum HandlerError {
+    /// The caller may not do this (audited as `denied`).
+    Denied(String),
+    /// It was tried and failed (audited as `error`).
+    Failed(String),
+}
+
+impl From<String> for HandlerError {
+    fn from(e: String) -> Self {
+        HandlerError::Failed(e)
+    }
+}
+
+type Out = Result<Value, HandlerError>;
 
 pub(crate) fn help(ctl: &Control, _: Empty, cx: &Ctx<'_>) -> Out {
     let cmds: Vec<Value> = Command::ALL
@@ -101,10 +116,10 @@ pub(crate) fn forward_spa<P: SpaParams>(ctl: &Control, p: P, cx: &Ctx<'_>) -> Ou
 pub(crate) fn control_key_add(ctl: &Control, p: KeyAdd, cx: &Ctx<'_>) -> Out {
     let scopes = Scopes::parse(&p.scopes)?;
     if !cx.key.scopes.covers(&scopes) {
-        return Err(format!(
+        return Err(HandlerError::Denied(format!(
             "cannot grant scopes this key does not hold itself ({})",
             cx.key.scopes.list().join(", ")
-        ));
+        )));
     }
     let c = KeyConfig {
         key: p.key.trim().to_owned(),
@@ -117,12 +132,21 @@ pub(crate) fn control_key_add(ctl: &Control, p: KeyAdd, cx: &Ctx<'_>) -> Out {
     Ok(json!({"key": k.describe()}))
 }
 
-pub(crate) fn control_key_remove(ctl: &Control, p: KeyRemove, _cx: &Ctx<'_>) -> Out {
-    let k = ctl
-        .keys
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&p.fingerprint)?;
+/// A key may only remove keys whose every scope it holds itself (no
+/// `keys:write` key revoking an `admin`).
+pub(crate) fn control_key_remove(ctl: &Control, p: KeyRemove, cx: &Ctx<'_>) -> Out {
+    let mut keys = ctl.keys.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(target) = keys.find(&p.fingerprint) {
+        if !cx.key.scopes.covers(&target.scopes) {
+            return Err(HandlerError::Denied(format!(
+                "key {} does not hold all scopes of key {} ({}); it cannot remove it",
+                cx.key.fingerprint,
+                target.fingerprint,
+                target.scopes.list().join(", ")
+            )));
+        }
+    }
+    let k = keys.remove(&p.fingerprint)?;
     Ok(json!({"removed": k.describe()}))
 }
 
@@ -163,5 +187,5 @@ pub(crate) fn reboot(ctl: &Control, _: Empty, cx: &Ctx<'_>) -> Out {
 
 /// Commands reserved in the table whose service does not exist yet.
 pub(crate) fn not_available(_ctl: &Control, _: Empty, cx: &Ctx<'_>) -> Out {
-    Err(format!("{} is not available in this release", cx.command))
+    Err(format!("{} is not available in this release", cx.command).into())
 }

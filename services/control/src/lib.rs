@@ -19,12 +19,12 @@ pub mod commands;
 pub mod config;
 mod handlers;
 pub mod keys;
+pub mod refusals;
 pub mod request;
 pub mod scope;
 pub mod server;
 
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 
@@ -34,20 +34,12 @@ pub fn run(ctx: gwos_core::ServiceContext) -> anyhow::Result<()> {
     site.validate()?;
     let host = server::host_key(&ctx.state_dir)?;
     let host_fp = keys::fingerprint(host.public_key());
-    let keys = keys::KeyStore::load(&site.keys, &ctx.state_dir)?;
-    let runtime: config::RuntimeConfig =
-        gwos_core::state::read_json(&ctx.state_dir.join("runtime.json"))?.unwrap_or_default();
-    let ctl = Arc::new(commands::Control {
-        audit: audit::AuditLog::new(&ctx.state_dir, site.audit_max_bytes),
+    let ctl = Arc::new(commands::Control::new(
         site,
-        state_dir: ctx.state_dir.clone(),
-        run_dir: ctx.run_dir.clone(),
-        keys: Mutex::new(keys),
-        runtime: Mutex::new(runtime),
-        host_fingerprint: host_fp.clone(),
-        started: std::time::Instant::now(),
-        sessions: AtomicUsize::new(0),
-    });
+        &ctx.state_dir,
+        &ctx.run_dir,
+        host_fp.clone(),
+    )?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -77,6 +77,14 @@ pub async fn serve(
     host: PrivateKey,
 ) -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(ctl.site.max_sessions));
+    let flusher = ctl.clone();
+    let _flush = AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            flusher.flush_refusals(std::time::Instant::now());
+        }
+    }));
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -92,61 +100,112 @@ pub async fn serve(
         };
         let eff = ctl.effective();
         if !crate::config::is_backend(&eff.backend, peer.ip()) {
-            ctl.audit.record(
+            let reason = "source not in the backend set";
+            ctl.record_unauthenticated(
                 "control.connection_refused",
-                fields(&[
-                    ("source_ip", json!(peer.ip().to_string())),
-                    ("reason", json!("source not in the backend set")),
-                ]),
+                peer.ip(),
+                reason,
+                fields(&[("reason", json!(reason))]),
             );
             drop(sock);
             continue;
         }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            ctl.audit.record(
+            let reason = "max_sessions reached";
+            ctl.record_unauthenticated(
                 "control.connection_refused",
-                fields(&[
-                    ("source_ip", json!(peer.ip().to_string())),
-                    ("reason", json!("max_sessions reached")),
-                ]),
+                peer.ip(),
+                reason,
+                fields(&[("reason", json!(reason))]),
             );
             drop(sock);
             continue;
         };
         let config = Arc::new(russh_config(&ctl, &host));
-        let authed = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(ConnState::default());
         let conn = Conn {
             ctl: ctl.clone(),
             peer,
             caller: None,
-            authed: authed.clone(),
+            state: state.clone(),
             attempts: Vec::new(),
+            failures: 0,
+            none_seen: false,
             channels: HashMap::new(),
+            buffered: 0,
+            channel_cap_reported: false,
         };
-        let auth_timeout = eff.auth_timeout;
+        let deadline = tokio::time::Instant::now() + eff.auth_timeout;
         let ctl2 = ctl.clone();
         tokio::spawn(async move {
             let _permit = permit;
             ctl2.sessions.fetch_add(1, Ordering::Relaxed);
-            if let Ok(session) = russh::server::run_stream(config, sock, conn).await {
-                let handle = session.handle();
-                let timer = tokio::spawn(async move {
-                    tokio::time::sleep(auth_timeout).await;
-                    if !authed.load(Ordering::Relaxed) {
-                        let _ = handle
-                            .disconnect(
-                                russh::Disconnect::ByApplication,
-                                "authentication timeout".into(),
-                                String::new(),
-                            )
-                            .await;
-                    }
-                });
-                let _ = session.await;
-                timer.abort();
-            }
+            run_connection(config, sock, conn, state, deadline).await;
             ctl2.sessions.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+}
+
+/// Shared between a connection's handler and its supervising task.
+#[derive(Default)]
+struct ConnState {
+    authed: AtomicBool,
+    /// The auth deadline passed before authentication.
+    timed_out: AtomicBool,
+}
+
+/// Runs one connection. Until it authenticates it lives at most until
+/// `deadline` (`auth_timeout_secs` after accept), including the time to
+/// send its SSH identification: a connection that never sends a byte
+/// releases its slot then (F8).
+async fn run_connection(
+    config: Arc<russh::server::Config>,
+    sock: tokio::net::TcpStream,
+    conn: Conn,
+    state: Arc<ConnState>,
+    deadline: tokio::time::Instant,
+) {
+    let session = {
+        let start = russh::server::run_stream(config, sock, conn);
+        tokio::pin!(start);
+        tokio::select! {
+            r = &mut start => r.ok(),
+            _ = tokio::time::sleep_until(deadline) => {
+                // Dropping `start` drops the handler, which records the refusal.
+                state.timed_out.store(true, Ordering::Relaxed);
+                None
+            }
+        }
+    };
+    let Some(session) = session else { return };
+    let handle = session.handle();
+    tokio::pin!(session);
+    tokio::select! {
+        _ = &mut session => return,
+        _ = tokio::time::sleep_until(deadline) => {}
+    }
+    if state.authed.load(Ordering::Relaxed) {
+        let _ = session.await;
+        return;
+    }
+    state.timed_out.store(true, Ordering::Relaxed);
+    let _ = handle
+        .disconnect(
+            russh::Disconnect::ByApplication,
+            "authentication timeout".into(),
+            String::new(),
+        )
+        .await;
+    // The session ends on the disconnect; do not wait for a peer that stalls.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), session).await;
+}
+
+/// Aborts a background task when the server future is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -155,6 +214,8 @@ struct Chan {
     command: Option<String>,
     body: Vec<u8>,
     overflow: bool,
+    /// The connection's buffer cap was hit while this request arrived.
+    buffer_full: bool,
     env: Vec<String>,
     /// Answered, refused or closed: ignore further requests.
     done: bool,
@@ -164,20 +225,45 @@ struct Conn {
     ctl: Arc<Control>,
     peer: SocketAddr,
     caller: Option<Caller>,
-    authed: Arc<AtomicBool>,
-    /// Refused authentication attempts, audited when the connection ends unauthenticated.
+    state: Arc<ConnState>,
+    /// Refused authentication attempts (at most `max_auth_tries` + a few),
+    /// audited when the connection ends unauthenticated.
     attempts: Vec<Value>,
+    /// Failed authentication attempts; at `max_auth_tries` the connection is cut.
+    failures: usize,
+    /// The first `none` probe (OpenSSH sends one) does not count as a failure.
+    none_seen: bool,
     channels: HashMap<ChannelId, Chan>,
+    /// Request bytes held for all channels of this connection.
+    buffered: usize,
+    channel_cap_reported: bool,
 }
+
+/// Session channels one connection may have open at once.
+pub const MAX_CHANNELS: usize = 8;
+
+/// Request bytes one connection may buffer, as a multiple of `max_request_bytes`.
+pub const MAX_BUFFERED_REQUESTS: usize = 4;
 
 impl Drop for Conn {
     fn drop(&mut self) {
         if self.caller.is_none() {
-            self.ctl.audit.record(
+            let reason = if self.failures >= self.ctl.site.max_auth_tries {
+                "too many authentication failures"
+            } else if self.state.timed_out.load(Ordering::Relaxed) {
+                "authentication timeout"
+            } else if self.attempts.is_empty() {
+                "closed before authenticating"
+            } else {
+                "authentication failed"
+            };
+            self.ctl.record_unauthenticated(
                 "control.auth_refused",
+                self.peer.ip(),
+                reason,
                 fields(&[
-                    ("source_ip", json!(self.peer.ip().to_string())),
                     ("attempts", Value::Array(std::mem::take(&mut self.attempts))),
+                    ("reason", json!(reason)),
                     ("result", json!("denied")),
                 ]),
             );
@@ -186,7 +272,7 @@ impl Drop for Conn {
 }
 
 impl Conn {
-    fn check_key(&mut self, method: &str, user: &str, key: &PublicKey) -> Auth {
+    fn check_key(&mut self, method: &str, user: &str, key: &PublicKey) -> anyhow::Result<Auth> {
         let fp = fingerprint(key);
         let reason = if user != USER {
             Some(format!("user {:?} is not {USER}", sanitize(user, 64)))
@@ -208,25 +294,39 @@ impl Conn {
             None
         };
         match reason {
-            None => Auth::Accept,
-            Some(r) => {
-                self.attempts.push(json!({"method": method, "user": sanitize(user, 64), "key_fingerprint": fp, "reason": r}));
-                Auth::Reject {
-                    proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
-                    partial_success: false,
-                }
-            }
+            None => Ok(Auth::Accept),
+            Some(r) => self.fail(json!({"method": method, "user": sanitize(user, 64), "key_fingerprint": fp, "reason": r})),
         }
     }
 
-    fn refuse_attempt(&mut self, method: &str, user: &str) -> Auth {
-        if self.attempts.len() < 32 {
-            self.attempts.push(json!({"method": method, "user": sanitize(user, 64), "reason": "only publickey is accepted"}));
+    /// Counts a failed attempt; at `max_auth_tries` failures the connection
+    /// is closed (an error from the handler ends the russh session).
+    fn fail(&mut self, attempt: Value) -> anyhow::Result<Auth> {
+        let max = self.ctl.site.max_auth_tries;
+        if self.attempts.len() < max + 4 {
+            self.attempts.push(attempt);
         }
-        Auth::Reject {
+        self.failures += 1;
+        if self.failures >= max {
+            anyhow::bail!("too many authentication failures (max_auth_tries {max})");
+        }
+        Ok(Auth::Reject {
             proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
             partial_success: false,
+        })
+    }
+
+    fn refuse_attempt(&mut self, method: &str, user: &str) -> anyhow::Result<Auth> {
+        let attempt = json!({"method": method, "user": sanitize(user, 64), "reason": "only publickey is accepted"});
+        if method == "none" && !self.none_seen {
+            self.none_seen = true;
+            self.attempts.push(attempt);
+            return Ok(Auth::Reject {
+                proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+                partial_success: false,
+            });
         }
+        self.fail(attempt)
     }
 
     fn refused(&self, what: &str, detail: Value) {
@@ -282,8 +382,10 @@ impl Conn {
             command: chan.command.take().unwrap_or_default(),
             body: std::mem::take(&mut chan.body),
             overflow: chan.overflow,
+            buffer_full: chan.buffer_full,
             refused_env: std::mem::take(&mut chan.env),
         };
+        self.buffered = self.buffered.saturating_sub(input.body.len());
         let Some(caller) = self.caller.clone() else {
             return;
         };
@@ -309,11 +411,11 @@ impl russh::server::Handler for Conn {
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
         // OpenSSH probes with "none" first; it is only recorded if the
         // connection never authenticates.
-        Ok(self.refuse_attempt("none", user))
+        self.refuse_attempt("none", user)
     }
 
     async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
-        Ok(self.refuse_attempt("password", user))
+        self.refuse_attempt("password", user)
     }
 
     async fn auth_keyboard_interactive<'a>(
@@ -322,7 +424,7 @@ impl russh::server::Handler for Conn {
         _submethods: &str,
         _response: Option<russh::server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.refuse_attempt("keyboard-interactive", user))
+        self.refuse_attempt("keyboard-interactive", user)
     }
 
     async fn auth_openssh_certificate(
@@ -330,7 +432,7 @@ impl russh::server::Handler for Conn {
         user: &str,
         _c: &russh::keys::Certificate,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.refuse_attempt("openssh-certificate", user))
+        self.refuse_attempt("openssh-certificate", user)
     }
 
     async fn auth_publickey_offered(
@@ -338,17 +440,17 @@ impl russh::server::Handler for Conn {
         user: &str,
         key: &PublicKey,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.check_key("publickey", user, key))
+        self.check_key("publickey", user, key)
     }
 
     async fn auth_publickey(&mut self, user: &str, key: &PublicKey) -> Result<Auth, Self::Error> {
-        let auth = self.check_key("publickey", user, key);
+        let auth = self.check_key("publickey", user, key)?;
         if matches!(auth, Auth::Accept) {
             self.caller = Some(Caller {
                 fingerprint: fingerprint(key),
                 source: self.peer.ip(),
             });
-            self.authed.store(true, Ordering::Relaxed);
+            self.state.authed.store(true, Ordering::Relaxed);
         }
         Ok(auth)
     }
@@ -359,6 +461,17 @@ impl russh::server::Handler for Conn {
         _s: &mut Session,
     ) -> Result<bool, Self::Error> {
         if self.caller.is_none() {
+            return Ok(false);
+        }
+        if self.channels.len() >= MAX_CHANNELS {
+            // Reported once per connection, so the refusals cannot flood the audit log.
+            if !self.channel_cap_reported {
+                self.channel_cap_reported = true;
+                self.refused(
+                    "session channel",
+                    json!({"reason": format!("more than {MAX_CHANNELS} channels open on one connection")}),
+                );
+            }
             return Ok(false);
         }
         self.channels.insert(channel.id(), Chan::default());
@@ -554,13 +667,19 @@ impl russh::server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let max = self.ctl.site.max_request_bytes;
+        let max_buffered = max * MAX_BUFFERED_REQUESTS;
+        let buffered = self.buffered;
         let overflow = match self.channels.get_mut(&channel) {
             Some(c) if !c.done && c.command.is_some() => {
                 if c.body.len() + data.len() > max {
                     c.overflow = true;
                     true
+                } else if buffered + data.len() > max_buffered {
+                    c.buffer_full = true;
+                    true
                 } else {
                     c.body.extend_from_slice(data);
+                    self.buffered += data.len();
                     false
                 }
             }
@@ -587,7 +706,9 @@ impl russh::server::Handler for Conn {
         channel: ChannelId,
         _s: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.channels.remove(&channel);
+        if let Some(c) = self.channels.remove(&channel) {
+            self.buffered = self.buffered.saturating_sub(c.body.len());
+        }
         Ok(())
     }
 }

@@ -319,12 +319,12 @@ impl Lab {
         let recs: Vec<Value> = self
             .audit()
             .into_iter()
-            .filter(|r| r["trace_id"] == trace)
+            .filter(|r| r["trace_id"] == trace && r["kind"] == "control.call")
             .collect();
         assert_eq!(
             recs.len(),
             1,
-            "exactly one audit record for {trace}: {recs:?}"
+            "exactly one control.call record for {trace}: {recs:?}"
         );
         recs.into_iter().next().unwrap()
     }
@@ -595,11 +595,13 @@ scopes = ["health:read", "vpn:read", "logs:read"]
     let (v, _) = lab.call("admin", "control_key_add", add.clone());
     err_contains(&v, "needs a second admin key's approval");
     let self_approved =
-        gwos_control::client::approve(&lab.path("admin"), "control_key_add", &add, 300).unwrap();
+        gwos_control::client::approve(&lab.path("admin"), &admin_fp, "control_key_add", &add, 300)
+            .unwrap();
     let (v, _) = lab.call("admin", "control_key_add", self_approved);
     err_contains(&v, "different key");
     let mut tampered =
-        gwos_control::client::approve(&lab.path("admin2"), "control_key_add", &add, 300).unwrap();
+        gwos_control::client::approve(&lab.path("admin2"), &admin_fp, "control_key_add", &add, 300)
+            .unwrap();
     tampered["scopes"] = json!(["admin"]);
     let (v, _) = lab.call("admin", "control_key_add", tampered);
     err_contains(&v, "does not verify");
@@ -608,14 +610,15 @@ scopes = ["health:read", "vpn:read", "logs:read"]
         "refused key add changed state"
     );
     let approved =
-        gwos_control::client::approve(&lab.path("admin2"), "control_key_add", &add, 300).unwrap();
+        gwos_control::client::approve(&lab.path("admin2"), &admin_fp, "control_key_add", &add, 300)
+            .unwrap();
     let (v, _) = lab.call("admin", "control_key_add", approved);
     ok(&v);
     // The same trace id was used by the refused attempts above: 4 records, the last one ok.
     let recs: Vec<Value> = lab
         .audit()
         .into_iter()
-        .filter(|r| r["trace_id"] == "t-keyadd")
+        .filter(|r| r["trace_id"] == "t-keyadd" && r["kind"] == "control.call")
         .collect();
     let results: Vec<&str> = recs.iter().map(|r| r["result"].as_str().unwrap()).collect();
     assert_eq!(results, ["denied", "denied", "denied", "ok"]);
@@ -849,8 +852,14 @@ scopes = ["health:read", "vpn:read", "logs:read"]
 
     // Key removal (approved), then the removed key is refused.
     let rm = json!({"trace_id":"t-keyrm","fingerprint":new_fp});
-    let approved =
-        gwos_control::client::approve(&lab.path("admin2"), "control_key_remove", &rm, 300).unwrap();
+    let approved = gwos_control::client::approve(
+        &lab.path("admin2"),
+        &admin_fp,
+        "control_key_remove",
+        &rm,
+        300,
+    )
+    .unwrap();
     let (v, _) = lab.call("admin", "control_key_remove", approved);
     ok(&v);
     let (_, _, code) = lab.ssh("newkey", A, &[], Some("health"), b"");
