@@ -143,20 +143,36 @@ impl Drop for Served {
     }
 }
 
-pub fn serve(state: &Path, mut site: ControlConfig) -> Served {
-    site.listen = "127.0.0.1:0".into();
+pub fn serve(state: &Path, site: ControlConfig) -> Served {
+    serve_on(state, site, 0)
+}
+
+/// [`serve`] on a given port (0 = any); retries while the port is still
+/// held by a server that just stopped.
+pub fn serve_on(state: &Path, mut site: ControlConfig, port: u16) -> Served {
+    site.listen = format!("127.0.0.1:{port}");
     site.backend = vec!["127.0.0.0/8".into()];
-    let ctl = std::sync::Arc::new(control(state, site));
+    site.validate().unwrap();
+    let host = gwos_control::server::host_key(state).unwrap();
+    let host_fp = gwos_control::keys::fingerprint(host.public_key());
+    let ctl = std::sync::Arc::new(Control::new(site, state, &state.join("run"), host_fp).unwrap());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let listener = loop {
+        match rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port))) {
+            Ok(l) => break l,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("binding 127.0.0.1:{port}: {e}"),
+        }
+    };
     let addr = listener.local_addr().unwrap();
-    let host = gwos_control::server::host_key(state).unwrap();
     let task = rt.spawn(gwos_control::server::serve(ctl.clone(), listener, host));
     Served {
         rt,
