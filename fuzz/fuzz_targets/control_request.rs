@@ -22,14 +22,13 @@ fuzz_target!(|data: &[u8]| {
         assert!(!redacted.to_string().is_empty());
         if let Some(a) = &env.approval {
             if let Ok(tok) = gwos_control::approval::parse(a) {
-                let _ = gwos_control::approval::verify(
-                    &tok,
-                    &[0u8; 32],
-                    command.name(),
-                    &env.params,
-                    "t",
-                    1_700_000_000,
-                );
+                let subject = gwos_control::approval::Subject {
+                    command: command.name(),
+                    requester: &tok.requester,
+                    params: &env.params,
+                    trace_id: "t",
+                };
+                let _ = gwos_control::approval::verify(&tok, &[0u8; 32], &subject, 1_700_000_000);
             }
         }
         let _ = gwos_control::approval::canonical(&serde_json::Value::Object(env.params));

@@ -2,8 +2,9 @@
 //! response and one audit record. Order: known command (parsed once into
 //! [`Command`]) → key still authorized → size cap → JSON envelope (only to
 //! find `trace_id`) → scope → approval (risky commands, if configured) →
-//! strict parameter validation → the command's handler
-//! ([`crate::handlers`]). Actions that change another service's state go
+//! strict parameter validation → durable intent record (changes only; refused
+//! if it cannot be written) → approval marked used → the command's handler
+//! ([`crate::handlers`]) → the call's record. Actions that change another service's state go
 //! over that service's local RPC socket; control itself holds no privileges.
 
 use std::net::IpAddr;

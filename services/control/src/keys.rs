@@ -175,7 +175,7 @@ mod tests {
 
     #[test]
     fn parse_and_persist() {
-        assert!(parse_ed25519_line(K1).is_ok());
+        assert_eq!(parse_ed25519_line(K1).unwrap().comment(), "test@one");
         let rsa = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDLZ4c2I5ykQ7A6l1eYBo3n0gLKyA0C6XbwCK7Hl+z4qT8hvYVjJqvJfUvPp3v0DU3cQ7O6a0M+eB6nEbjM9lF1sBJa4wF6hJ3mN0u0rjfLcqYqjEv3x4ZY1S3Ih3h3b8h0p3qH5TQnwRz3mC7E8Wc5j1qA1O8P6y8E0o1r2LhJpQ== x";
         assert_eq!(
             parse_ed25519_line(rsa).unwrap_err(),
