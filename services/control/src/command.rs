@@ -260,7 +260,13 @@ impl Serialize for Command {
 impl<'de> Deserialize<'de> for Command {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        s.parse().map_err(|UnknownCommand(name)| {
+            let known: Vec<&str> = Command::ALL.iter().map(|c| c.name()).collect();
+            serde::de::Error::custom(format!(
+                "unknown command {name:?} (known: {})",
+                known.join(", ")
+            ))
+        })
     }
 }
 

@@ -175,3 +175,36 @@ pub fn is_backend(backend: &[IpNet], ip: std::net::IpAddr) -> bool {
     };
     backend.iter().any(|n| n.contains(&ip))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn require_approval_takes_only_risky_commands() {
+        let site = ControlConfig {
+            require_approval: vec![Command::Health],
+            ..Default::default()
+        };
+        let e = site.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("[control] require_approval: health is not a risky command (risky: control_key_add, control_key_remove, reboot, update_apply, update_rollback)"),
+            "{e}"
+        );
+        let ok = ControlConfig {
+            require_approval: vec![Command::Reboot],
+            ..Default::default()
+        };
+        ok.validate().unwrap();
+    }
+
+    #[test]
+    fn audit_files_bounded() {
+        let site = ControlConfig {
+            audit_files: 0,
+            ..Default::default()
+        };
+        let e = site.validate().unwrap_err().to_string();
+        assert_eq!(e, "[control] audit_files must be 1..=64, not 0");
+    }
+}
