@@ -3,7 +3,7 @@
 //! the scope a key needs, the risk (whether the site config may demand a
 //! second admin key's approval), the effect (a change gets a durable
 //! intent record before it runs), the parameter type (a
-//! `deny_unknown_fields` struct in [`crate::request`] implementing
+//! `deny_unknown_fields` struct in [`crate::params`] implementing
 //! [`Validate`]) and the handler (a function in [`crate::handlers`]).
 //! `help`, the scope check, validation, the audit record's arguments and
 //! dispatch all read this table; nothing else names a command.
@@ -15,9 +15,9 @@
 //! # Adding a command
 //!
 //! 1. If it takes parameters, add a `#[serde(deny_unknown_fields)]` struct
-//!    to `request.rs` and `impl Validate` for it (checks every field, returns
+//!    to `params.rs` and `impl Validate` for it (checks every field, returns
 //!    the validated value, which must be `Serialize`: it is what the audit
-//!    record shows). Parameterless commands use [`crate::request::Empty`].
+//!    record shows). Parameterless commands use [`crate::params::Empty`].
 //! 2. Write the handler in `handlers.rs`:
 //!    `fn my_cmd(ctl: &Control, p: <Params as Validate>::Valid, cx: &Ctx) -> Result<Value, String>`.
 //!    A command that forwards to a service uses `ctl.forward(service,
@@ -34,7 +34,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::handlers::{self, Ctx};
-use crate::request::{self, Empty, FieldError, Validate};
+use crate::params::{self, Empty, Validate};
+use crate::request::FieldError;
 
 /// Whether the site config may require a second admin key's approval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +119,7 @@ macro_rules! commands {
             pub fn validate(self, params: &Map<String, Value>, now: i64) -> Result<Params, FieldError> {
                 match self {
                     $( Command::$variant => Ok(Params::$variant(
-                        request::typed::<$params>(params)?.validate(now)?,
+                        params::typed::<$params>(params)?.validate(now)?,
                     )), )*
                 }
             }
@@ -164,11 +165,11 @@ commands! {
         handler: handlers::health, summary: "control health, host key fingerprint, peer services",
     }
     VpnUserCreate {
-        name: "vpn_user_create", scope: Some("vpn:write"), risk: Normal, effect: Change, params: request::VpnUserCreate,
+        name: "vpn_user_create", scope: Some("vpn:write"), risk: Normal, effect: Change, params: params::VpnUserCreate,
         handler: handlers::vpn_user_create, summary: "add a VPN user (WireGuard public key)",
     }
     VpnUserDelete {
-        name: "vpn_user_delete", scope: Some("vpn:write"), risk: Normal, effect: Change, params: request::UserOnly,
+        name: "vpn_user_delete", scope: Some("vpn:write"), risk: Normal, effect: Change, params: params::UserOnly,
         handler: handlers::vpn_user_delete, summary: "remove a VPN user",
     }
     VpnUserList {
@@ -180,15 +181,15 @@ commands! {
         handler: handlers::forward_vpn, summary: "VPN service status",
     }
     UpdateCcd {
-        name: "update_ccd", scope: Some("vpn:write"), risk: Normal, effect: Change, params: request::UpdateCcd,
+        name: "update_ccd", scope: Some("vpn:write"), risk: Normal, effect: Change, params: params::UpdateCcd,
         handler: handlers::update_ccd, summary: "set a VPN user's routes and DNS",
     }
     SpaUserSet {
-        name: "spa_user_set", scope: Some("spa:write"), risk: Normal, effect: Change, params: request::SpaUserSet,
+        name: "spa_user_set", scope: Some("spa:write"), risk: Normal, effect: Change, params: params::SpaUserSet,
         handler: handlers::forward_spa, summary: "add or replace an SPA user's keys",
     }
     SpaUserDelete {
-        name: "spa_user_delete", scope: Some("spa:write"), risk: Normal, effect: Change, params: request::UserOnly,
+        name: "spa_user_delete", scope: Some("spa:write"), risk: Normal, effect: Change, params: params::UserOnly,
         handler: handlers::forward_spa, summary: "remove an SPA user",
     }
     SpaUserList {
@@ -196,11 +197,11 @@ commands! {
         handler: handlers::forward_spa, summary: "list SPA users",
     }
     ControlKeyAdd {
-        name: "control_key_add", scope: Some("keys:write"), risk: High, effect: Change, params: request::KeyAdd,
+        name: "control_key_add", scope: Some("keys:write"), risk: High, effect: Change, params: params::KeyAdd,
         handler: handlers::control_key_add, summary: "add a control key with scopes",
     }
     ControlKeyRemove {
-        name: "control_key_remove", scope: Some("keys:write"), risk: High, effect: Change, params: request::KeyRemove,
+        name: "control_key_remove", scope: Some("keys:write"), risk: High, effect: Change, params: params::KeyRemove,
         handler: handlers::control_key_remove, summary: "remove a control key added at runtime",
     }
     ControlKeyList {
@@ -212,11 +213,11 @@ commands! {
         handler: handlers::config_get, summary: "runtime config overrides and effective values",
     }
     ConfigSet {
-        name: "config_set", scope: Some("config:write"), risk: Normal, effect: Change, params: request::ConfigSet,
+        name: "config_set", scope: Some("config:write"), risk: Normal, effect: Change, params: params::ConfigSet,
         handler: handlers::config_set, summary: "set runtime config overrides",
     }
     PullLogs {
-        name: "pull_logs", scope: Some("logs:read"), risk: Normal, effect: Read, params: request::PullLogs,
+        name: "pull_logs", scope: Some("logs:read"), risk: Normal, effect: Read, params: params::PullLogs,
         handler: handlers::pull_logs, summary: "audit records for a time window",
     }
     Reboot {

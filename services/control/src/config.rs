@@ -120,7 +120,7 @@ pub struct RuntimeConfig {
 }
 
 impl RuntimeConfig {
-    pub fn apply(&mut self, set: &crate::request::ConfigSet) {
+    pub fn apply(&mut self, set: &crate::params::ConfigSet) {
         if let Some(v) = &set.siem_endpoint {
             self.siem_endpoint = v.clone();
         }

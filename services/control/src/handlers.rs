@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::command::Command;
 use crate::commands::Control;
 use crate::keys::{Key, KeyConfig};
-use crate::request::{
+use crate::params::{
     ConfigSet, Empty, KeyAdd, KeyRemove, LogWindow, SpaUserSet, UpdateCcd, UserOnly, VpnUserCreate,
 };
 use crate::scope::Scopes;
