@@ -2,13 +2,17 @@
 //! allowlisted JSON commands, scoped keys, audited.
 //!
 //! Data flow: backend `ssh -p 2222 gwctl@gw <command> < request.json` →
-//! [`server`] (russh: backend source check at accept, ed25519 public-key auth,
-//! `exec` only) → [`commands`] (the [`command`] table: scope check, approval,
-//! [`request`] validation, handler) → local RPC to the owning service (`vpn.sock`, `spa.sock`, `init.sock`) or
-//! control's own state (keys, runtime config) → JSON on stdout + exit status.
-//! Every call and every refusal leaves one [`audit`] record (stdout event for
-//! logship/SIEM and `<state_dir>/audit.log` for `pull_logs`).
-//! [`client`] holds the backend-side helpers behind `gwos ctl`.
+//! [`server`] (backend source check and `max_sessions` at accept, the auth
+//! deadline) → `conn` (russh handler: ed25519 public-key auth,
+//! `max_auth_tries`, `exec` only, channel and buffer caps) → [`commands`]
+//! (the [`command`] table: scope check, [`approval`], [`params`] validation,
+//! intent record, handler) → local RPC to the owning service (`vpn.sock`,
+//! `spa.sock`, `init.sock`) or control's own state (keys, runtime config)
+//! → JSON on stdout + exit status. Every call leaves an [`audit`] record
+//! (stdout event for logship/SIEM and `<state_dir>/audit.log*` for
+//! `pull_logs`); refusals before authentication are aggregated per source
+//! ([`refusals`]). [`client`] holds the backend-side helpers behind
+//! `gwos ctl`.
 #![forbid(unsafe_code)]
 
 pub mod approval;
