@@ -8,25 +8,27 @@ fuzz_target!(|data: &[u8]| {
     let Some((&sel, body)) = data.split_first() else {
         return;
     };
-    let commands = gwos_control::scope::COMMANDS;
-    let spec = &commands[sel as usize % commands.len()];
+    let commands = gwos_control::command::Command::ALL;
+    let command = commands[sel as usize % commands.len()];
     if let Ok(env) =
         gwos_control::request::parse_envelope(body, gwos_control::request::DEFAULT_MAX_REQUEST)
     {
-        let _ = gwos_control::request::validate_params(spec.name, &env.params, 1_700_000_000);
+        if let Ok(p) = command.validate(&env.params, 1_700_000_000) {
+            assert_eq!(p.command(), command);
+            let _ = gwos_control::request::redact(&p.to_value());
+        }
         let redacted =
             gwos_control::request::redact(&serde_json::Value::Object(env.params.clone()));
         assert!(!redacted.to_string().is_empty());
         if let Some(a) = &env.approval {
             if let Ok(tok) = gwos_control::approval::parse(a) {
-                let _ = gwos_control::approval::verify(
-                    &tok,
-                    &[0u8; 32],
-                    spec.name,
-                    &env.params,
-                    "t",
-                    1_700_000_000,
-                );
+                let subject = gwos_control::approval::Subject {
+                    command: command.name(),
+                    requester: &tok.requester,
+                    params: &env.params,
+                    trace_id: "t",
+                };
+                let _ = gwos_control::approval::verify(&tok, &[0u8; 32], &subject, 1_700_000_000);
             }
         }
         let _ = gwos_control::approval::canonical(&serde_json::Value::Object(env.params));

@@ -26,7 +26,9 @@ pub struct Ctl {
     /// ed25519 private key of a control key.
     #[arg(long, short = 'i')]
     pub identity: PathBuf,
-    /// known_hosts file pinning the gateway's host key (recommended).
+    /// known_hosts file that must already hold the gateway's host key.
+    /// Without it, the key is pinned on first contact in
+    /// ~/.config/gwos/known_hosts and must match afterwards.
     #[arg(long)]
     pub known_hosts: Option<PathBuf>,
     /// Sign the request as an approval with this second admin key (adds `approval`).
@@ -72,15 +74,37 @@ pub fn ctl(c: Ctl) -> Result<i32> {
         if request.get("trace_id").is_none() {
             request["trace_id"] = serde_json::Value::String(gwos_core::event::new_trace_id());
         }
-        request = gwos_control::client::approve(approver, &c.command, &request, c.approval_secs)?;
+        // The approval is bound to the key that sends the request (-i).
+        let (_, requester) = gwos_control::client::read_ed25519_identity(&c.identity)?;
+        request = gwos_control::client::approve(
+            approver,
+            &requester,
+            &c.command,
+            &request,
+            c.approval_secs,
+        )?;
     }
+    use gwos_control::client::HostKeys;
+    let host_keys = match c.known_hosts {
+        Some(file) => HostKeys::Pinned(file),
+        None => HostKeys::FirstUse(gwos_control::client::default_known_hosts()?),
+    };
     let target = gwos_control::client::Target {
         host: c.host,
         port: c.port,
         identity: c.identity,
-        known_hosts: c.known_hosts,
+        host_keys: host_keys.clone(),
     };
-    let (response, code) = gwos_control::client::call(&target, &c.command, &request)?;
-    println!("{}", serde_json::to_string_pretty(&response)?);
-    Ok(code)
+    let reply = gwos_control::client::call(&target, &c.command, &request)?;
+    if let (Some(fp), HostKeys::FirstUse(file)) = (&reply.pinned, &host_keys) {
+        eprintln!(
+            "gwos ctl: first contact with {}:{}; pinned its host key {fp} in {} \
+             (compare it with the gateway's host_key_fingerprint; a different key will be refused)",
+            target.host,
+            target.port,
+            file.display()
+        );
+    }
+    println!("{}", serde_json::to_string_pretty(&reply.response)?);
+    Ok(reply.status)
 }

@@ -1,23 +1,26 @@
 //! One call: command name + request body from one `exec` channel → JSON
-//! response and one audit record. Order: known command → key still
-//! authorized → size cap → JSON envelope (only to find `trace_id`) → scope
-//! → approval (risky commands, if configured) → strict parameter validation
-//! → action. Actions that change another service's state go over that
-//! service's local RPC socket; control itself holds no privileges.
+//! response and one audit record. Order: known command (parsed once into
+//! [`Command`]) → key still authorized → size cap → JSON envelope (only to
+//! find `trace_id`) → scope → approval (risky commands, if configured) →
+//! strict parameter validation → durable intent record (changes only; refused
+//! if it cannot be written) → approval marked used → the command's handler
+//! ([`crate::handlers`]) → the call's record. Actions that change another service's state go
+//! over that service's local RPC socket; control itself holds no privileges.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
 use crate::audit::AuditLog;
+use crate::command::{Command, Effect, Risk};
 use crate::config::{ControlConfig, Effective, RuntimeConfig};
-use crate::keys::{KeyConfig, KeyStore};
-use crate::request::{self, Params};
-use crate::scope;
+use crate::handlers::{Ctx, HandlerError};
+use crate::keys::KeyStore;
+use crate::request;
 
 /// Shared service state.
 pub struct Control {
@@ -25,8 +28,12 @@ pub struct Control {
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
     pub keys: Mutex<KeyStore>,
+    /// Approval tokens already used (F5: one call per token).
+    pub approvals: Mutex<crate::approval::UsedApprovals>,
     pub runtime: Mutex<RuntimeConfig>,
     pub audit: AuditLog,
+    /// Aggregates refusals before authentication (F7).
+    pub refusals: Mutex<crate::refusals::Refusals>,
     pub host_fingerprint: String,
     pub started: Instant,
     pub sessions: AtomicUsize,
@@ -46,18 +53,27 @@ pub struct CallInput {
     pub body: Vec<u8>,
     /// More than the cap was sent.
     pub overflow: bool,
+    /// The connection as a whole buffered too much (several channels at once).
+    pub buffer_full: bool,
     /// Environment variables the client tried to set (refused).
     pub refused_env: Vec<String>,
 }
 
-/// What a call learned on the way, for its audit record.
+/// What a call learned on the way, for its audit records.
 #[derive(Default)]
 struct Notes {
     trace_id: String,
+    /// Validated, redacted, bounded parameters; `null` until validated.
     arguments: Value,
+    arguments_truncated: bool,
+    /// Field names of a request refused before validation.
+    argument_names: Option<Value>,
     key_comment: String,
     approved_by: Option<String>,
 }
+
+/// Longest error message kept in an audit record.
+const MAX_RECORD_ERROR: usize = 512;
 
 enum Outcome {
     Ok(Map<String, Value>),
@@ -66,8 +82,20 @@ enum Outcome {
     Failed(String),
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// `s` cut at `max` bytes (on a character boundary), marked with `…`.
+pub fn bounded_text(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 /// Printable, bounded copy of a client-supplied string for logs.
@@ -76,6 +104,65 @@ pub fn sanitize(s: &str, max: usize) -> String {
 }
 
 impl Control {
+    /// Loads keys and runtime overrides from `state_dir`.
+    pub fn new(
+        site: ControlConfig,
+        state_dir: &std::path::Path,
+        run_dir: &std::path::Path,
+        host_fingerprint: String,
+    ) -> anyhow::Result<Self> {
+        let keys = KeyStore::load(&site.keys, state_dir)?;
+        let runtime: RuntimeConfig =
+            gwos_core::state::read_json(&state_dir.join("runtime.json"))?.unwrap_or_default();
+        Ok(Self {
+            audit: AuditLog::new(state_dir, site.audit_max_bytes, site.audit_files),
+            refusals: Mutex::new(crate::refusals::Refusals::default()),
+            site,
+            state_dir: state_dir.to_owned(),
+            run_dir: run_dir.to_owned(),
+            keys: Mutex::new(keys),
+            approvals: Mutex::new(crate::approval::UsedApprovals::load(state_dir)?),
+            runtime: Mutex::new(runtime),
+            host_fingerprint,
+            started: Instant::now(),
+            sessions: AtomicUsize::new(0),
+        })
+    }
+
+    /// Records a refusal that happened before authentication, unless the
+    /// source already had its share of records in this window (then it is
+    /// only counted; see [`crate::refusals`]).
+    pub fn record_unauthenticated(
+        &self,
+        kind: &'static str,
+        source: std::net::IpAddr,
+        reason: &str,
+        mut fields: Map<String, Value>,
+    ) {
+        let admitted = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(kind, &source.to_string(), reason, Instant::now());
+        if admitted {
+            fields.insert("source_ip".into(), json!(source.to_string()));
+            fields.insert("count".into(), json!(1));
+            self.audit.record(kind, fields);
+        }
+    }
+
+    /// Writes the aggregate records of the windows that ended by `now`.
+    pub fn flush_refusals(&self, now: Instant) {
+        let summaries = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush(now);
+        for s in summaries {
+            self.audit.record(s.kind, s.fields);
+        }
+    }
+
     pub fn effective(&self) -> Effective {
         crate::config::effective(
             &self.site,
@@ -92,41 +179,30 @@ impl Control {
         };
         let command = sanitize(input.command.trim(), 64);
         let outcome = self.call_inner(caller, &input, &command, &mut n);
-        let Notes {
-            trace_id,
-            arguments,
-            key_comment,
-            approved_by,
-        } = n;
         let (result, error, fields) = match outcome {
             Outcome::Ok(f) => ("ok", None, f),
             Outcome::Denied(e) => ("denied", Some(e), Map::new()),
             Outcome::Invalid(e) => ("invalid", Some(e), Map::new()),
             Outcome::Failed(e) => ("error", Some(e), Map::new()),
         };
-        let mut rec = Map::new();
-        rec.insert("trace_id".into(), json!(trace_id));
-        rec.insert("key_fingerprint".into(), json!(caller.fingerprint));
-        rec.insert("key_comment".into(), json!(key_comment));
-        rec.insert("source_ip".into(), json!(caller.source.to_string()));
-        rec.insert("command".into(), json!(command));
-        rec.insert("arguments".into(), arguments);
+        let mut rec = self.record_base(caller, &command, &n);
         rec.insert("result".into(), json!(result));
-        rec.insert("error".into(), json!(error));
+        rec.insert(
+            "error".into(),
+            json!(error.as_deref().map(|e| bounded_text(e, MAX_RECORD_ERROR))),
+        );
+        rec.insert("request_bytes".into(), json!(input.body.len()));
         rec.insert(
             "duration_ms".into(),
             json!(t0.elapsed().as_secs_f64() * 1000.0),
         );
-        if let Some(a) = approved_by {
-            rec.insert("approved_by".into(), json!(a));
-        }
         if !input.refused_env.is_empty() {
             rec.insert("refused_env".into(), json!(input.refused_env));
         }
         self.audit.record("control.call", rec);
         let mut resp = Map::new();
         resp.insert("ok".into(), json!(error.is_none()));
-        resp.insert("trace_id".into(), json!(trace_id));
+        resp.insert("trace_id".into(), json!(n.trace_id));
         match error {
             Some(e) => {
                 resp.insert("error".into(), json!(e));
@@ -136,6 +212,27 @@ impl Control {
         (Value::Object(resp), if result == "ok" { 0 } else { 1 })
     }
 
+    /// Fields shared by a call's intent and result records.
+    fn record_base(&self, caller: &Caller, command: &str, n: &Notes) -> Map<String, Value> {
+        let mut rec = Map::new();
+        rec.insert("trace_id".into(), json!(n.trace_id));
+        rec.insert("key_fingerprint".into(), json!(caller.fingerprint));
+        rec.insert("key_comment".into(), json!(n.key_comment));
+        rec.insert("source_ip".into(), json!(caller.source.to_string()));
+        rec.insert("command".into(), json!(command));
+        rec.insert("arguments".into(), n.arguments.clone());
+        if n.arguments_truncated {
+            rec.insert("arguments_truncated".into(), json!(true));
+        }
+        if let Some(names) = &n.argument_names {
+            rec.insert("argument_names".into(), names.clone());
+        }
+        if let Some(a) = &n.approved_by {
+            rec.insert("approved_by".into(), json!(a));
+        }
+        rec
+    }
+
     fn call_inner(
         &self,
         caller: &Caller,
@@ -143,10 +240,9 @@ impl Control {
         command: &str,
         n: &mut Notes,
     ) -> Outcome {
-        let Some(spec) = scope::command(command) else {
-            return Outcome::Invalid(format!(
-                "unknown command {command:?}; `help` lists the commands this key may call"
-            ));
+        let command: Command = match command.parse() {
+            Ok(c) => c,
+            Err(e) => return Outcome::Invalid(format!("{e}")),
         };
         let key = self
             .keys
@@ -162,6 +258,12 @@ impl Control {
         };
         n.key_comment = key.comment.clone();
         let max = self.site.max_request_bytes;
+        if input.buffer_full {
+            return Outcome::Invalid(format!(
+                "more than {} bytes buffered on this connection; send requests one at a time",
+                max * crate::server::MAX_BUFFERED_REQUESTS
+            ));
+        }
         if input.overflow || input.body.len() > max {
             return Outcome::Invalid(format!("request larger than {max} bytes"));
         }
@@ -172,40 +274,85 @@ impl Control {
         if let Some(t) = &env.trace_id {
             n.trace_id = t.clone();
         }
-        n.arguments = request::redact(&Value::Object(env.params.clone()));
-        if !key.scopes.allows(spec) {
+        // Until the parameters are valid, the record holds only their names.
+        n.argument_names = Some(crate::audit::field_names(&env.params));
+        if !key.scopes.allows(command) {
             return Outcome::Denied(format!(
-                "key {} ({}) lacks scope {} needed by {}",
+                "key {} ({}) lacks scope {} needed by {command}",
                 key.fingerprint,
                 key.comment,
-                spec.scope.unwrap_or("-"),
-                spec.name
+                command.scope().unwrap_or("-"),
             ));
         }
-        if spec.risky && self.site.require_approval.iter().any(|c| c == spec.name) {
-            match self.check_approval(&key.fingerprint, spec.name, &env) {
-                Ok(approver) => n.approved_by = Some(approver),
+        let mut token = None;
+        if self.approval_required(command) {
+            match self.check_approval(&key.fingerprint, command, &env) {
+                Ok((t, approver)) => {
+                    token = Some(t);
+                    n.approved_by = Some(approver);
+                }
                 Err(e) => return Outcome::Denied(e),
             }
         }
-        let params = match request::validate_params(spec.name, &env.params, now()) {
+        let params = match command.validate(&env.params, now()) {
             Ok(p) => p,
             Err(e) => return Outcome::Invalid(e.0),
         };
-        match self.execute(spec.name, params, &key, &n.trace_id) {
+        let (arguments, truncated) = crate::audit::bounded(
+            request::redact(&params.to_value()),
+            crate::audit::MAX_ARGUMENTS,
+        );
+        n.arguments = arguments;
+        n.arguments_truncated = truncated;
+        n.argument_names = None;
+        if command.effect() == Effect::Change {
+            let intent = self.record_base(caller, command.name(), n);
+            if let Err(e) = self.audit.record_durable("control.intent", intent) {
+                return Outcome::Failed(format!(
+                    "cannot record the change in the audit log ({e}); refusing {command}"
+                ));
+            }
+        }
+        if let Some(t) = &token {
+            let used = self
+                .approvals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .consume(t, now());
+            if let Err(e) = used {
+                return Outcome::Denied(e);
+            }
+        }
+        let cx = Ctx {
+            command,
+            key: &key,
+            trace_id: &n.trace_id,
+        };
+        match params.execute(self, &cx) {
             Ok(Value::Object(m)) => Outcome::Ok(m),
             Ok(other) => Outcome::Ok(Map::from_iter([("result".to_string(), other)])),
-            Err(e) => Outcome::Failed(e),
+            Err(HandlerError::Denied(e)) => Outcome::Denied(e),
+            Err(HandlerError::Failed(e)) => Outcome::Failed(e),
         }
     }
 
-    /// Returns the approver's fingerprint.
+    /// True if this call needs a second admin key's approval. Once any
+    /// command needs one, minting a key does too: otherwise an admin could
+    /// add a second admin key and approve their own requests with it.
+    pub(crate) fn approval_required(&self, command: Command) -> bool {
+        let list = &self.site.require_approval;
+        command.risk() == Risk::High
+            && (list.contains(&command) || (command == Command::ControlKeyAdd && !list.is_empty()))
+    }
+
+    /// Checks the approval of this call; returns the token (to consume once
+    /// the parameters are valid) and the approver's fingerprint.
     fn check_approval(
         &self,
         caller_fp: &str,
-        command: &str,
+        command: Command,
         env: &request::Envelope,
-    ) -> Result<String, String> {
+    ) -> Result<(crate::approval::Token, String), String> {
         let Some(a) = &env.approval else {
             return Err(format!("{command} needs a second admin key's approval (field \"approval\"); see docs/control.md"));
         };
@@ -230,18 +377,29 @@ impl Control {
                 approver.fingerprint
             ));
         }
-        crate::approval::verify(
-            &token,
-            &approver.ed25519,
-            command,
-            &env.params,
-            trace,
-            now(),
-        )?;
-        Ok(approver.fingerprint)
+        let subject = crate::approval::Subject {
+            command: command.name(),
+            requester: caller_fp,
+            params: &env.params,
+            trace_id: trace,
+        };
+        crate::approval::verify(&token, &approver.ed25519, &subject, now())?;
+        Ok((token, approver.fingerprint))
     }
 
-    fn forward(
+    /// Calls `method` on `service`'s local RPC socket.
+    pub(crate) fn forward(
+        &self,
+        service: &str,
+        method: &str,
+        params: Value,
+        trace_id: &str,
+    ) -> Result<Value, HandlerError> {
+        self.forward_rpc(service, method, params, trace_id)
+            .map_err(HandlerError::Failed)
+    }
+
+    fn forward_rpc(
         &self,
         service: &str,
         method: &str,
@@ -267,7 +425,7 @@ impl Control {
     }
 
     /// A peer's `health`: (status for the report, its result when it answered ok).
-    fn peer_health(&self, service: &str) -> (Value, Option<Value>) {
+    pub(crate) fn peer_health(&self, service: &str) -> (Value, Option<Value>) {
         let path = gwos_core::context::socket_path(&self.run_dir, service);
         if !path.exists() {
             return (json!("unavailable"), None);
@@ -288,153 +446,7 @@ impl Control {
         }
     }
 
-    fn execute(
-        &self,
-        command: &str,
-        params: Params,
-        key: &crate::keys::Key,
-        trace_id: &str,
-    ) -> Result<Value, String> {
-        let to_value = |p: &dyn erased::Ser| p.value();
-        match (command, params) {
-            ("help", _) => {
-                let require = &self.site.require_approval;
-                let cmds: Vec<Value> = scope::COMMANDS
-                    .iter()
-                    .filter(|c| key.scopes.allows(c))
-                    .map(|c| {
-                        json!({"command": c.name, "scope": c.scope, "summary": c.summary,
-                                    "approval_required": require.iter().any(|r| r == c.name)})
-                    })
-                    .collect();
-                Ok(json!({"commands": cmds, "scopes": key.scopes.list()}))
-            }
-            ("health", _) => {
-                let (tls, tls_health) = self.peer_health("tls-front");
-                Ok(json!({
-                    "service": "control",
-                    "status": "ok",
-                    "host_key_fingerprint": self.host_fingerprint,
-                    "uptime_secs": self.started.elapsed().as_secs(),
-                    "sessions": self.sessions.load(Ordering::Relaxed),
-                    "services": {"spa": self.peer_health("spa").0, "vpn": self.peer_health("vpn").0, "tls-front": tls},
-                    // The pin `gwos connect --pin` needs; null when tls-front does not answer.
-                    "tls_spki_sha256": tls_health.and_then(|h| h.get("spki_sha256").cloned()).unwrap_or(Value::Null),
-                }))
-            }
-            // vpn's RPC names the user `name` and nests the networks in `policy`.
-            ("vpn_user_create", Params::VpnUserCreate(p)) => {
-                let mut v = json!({"name": p.user, "public_key": p.public_key});
-                if let Some(a) = p.address {
-                    v["address"] = json!(a);
-                }
-                if let Some(a) = p.allowed {
-                    v["policy"] = json!({"allowed": a});
-                }
-                self.forward("vpn", command, v, trace_id)
-            }
-            ("update_ccd", Params::UpdateCcd(p)) => self.forward(
-                "vpn",
-                command,
-                json!({"name": p.user, "policy": {"allowed": p.allowed}}),
-                trace_id,
-            ),
-            ("vpn_user_delete", Params::User(p)) => {
-                self.forward("vpn", command, json!({"name": p.user}), trace_id)
-            }
-            ("vpn_user_list" | "vpn_status", _) => {
-                self.forward("vpn", command, json!({}), trace_id)
-            }
-            ("spa_user_set", Params::SpaUserSet(p)) => {
-                self.forward("spa", command, to_value(&p), trace_id)
-            }
-            ("spa_user_delete", Params::User(p)) => {
-                self.forward("spa", command, to_value(&p), trace_id)
-            }
-            ("spa_user_list", _) => self.forward("spa", command, json!({}), trace_id),
-            ("control_key_add", Params::KeyAdd(p)) => {
-                let scopes = scope::Scopes::parse(&p.scopes)?;
-                if !key.scopes.covers(&scopes) {
-                    return Err(format!(
-                        "cannot grant scopes this key does not hold itself ({})",
-                        key.scopes.list().join(", ")
-                    ));
-                }
-                let c = KeyConfig {
-                    key: p.key.trim().to_owned(),
-                    scopes: scopes.list(),
-                    comment: p.comment,
-                    added_by: Some(key.fingerprint.clone()),
-                    added_at: Some(gwos_core::event::now_rfc3339()),
-                };
-                let k = self.keys.lock().unwrap_or_else(|p| p.into_inner()).add(c)?;
-                Ok(json!({"key": k.describe()}))
-            }
-            ("control_key_remove", Params::KeyRemove(p)) => {
-                let k = self
-                    .keys
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&p.fingerprint)?;
-                Ok(json!({"removed": k.describe()}))
-            }
-            ("control_key_list", _) => {
-                let keys: Vec<Value> = self
-                    .keys
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .all()
-                    .map(|k| k.describe())
-                    .collect();
-                Ok(json!({"keys": keys}))
-            }
-            ("config_get", _) => Ok(self.config_view()),
-            ("config_set", Params::ConfigSet(p)) => {
-                let mut rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-                let mut next = rt.clone();
-                next.apply(&p);
-                gwos_core::state::write_json(&self.state_dir.join("runtime.json"), &next)
-                    .map_err(|e| format!("saving runtime config: {e:#}"))?;
-                *rt = next;
-                drop(rt);
-                Ok(self.config_view())
-            }
-            (
-                "pull_logs",
-                Params::PullLogs {
-                    since,
-                    until,
-                    limit,
-                },
-            ) => {
-                let records = self.audit.read_window(since, until, limit);
-                Ok(
-                    json!({"since": since, "until": until, "count": records.len(), "records": records}),
-                )
-            }
-            ("reboot", _) => {
-                let path = gwos_core::context::socket_path(&self.run_dir, "init");
-                if !path.exists() {
-                    return Err(format!(
-                        "service unavailable: init (no socket at {})",
-                        path.display()
-                    ));
-                }
-                self.forward("init", "reboot", json!({}), trace_id)
-            }
-            (
-                "spawn_browser_container"
-                | "terminate_session"
-                | "update_apply"
-                | "update_status"
-                | "update_rollback",
-                _,
-            ) => Err(format!("{command} is not available in this release")),
-            (c, _) => Err(format!("internal error: no handler for {c}")),
-        }
-    }
-
-    fn config_view(&self) -> Value {
+    pub(crate) fn config_view(&self) -> Value {
         let rt = self
             .runtime
             .lock()
@@ -460,17 +472,5 @@ impl Control {
                 "require_approval": self.site.require_approval,
             },
         })
-    }
-}
-
-mod erased {
-    /// Serialize any validated parameter struct to a JSON value.
-    pub trait Ser {
-        fn value(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn value(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-        }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::command::{Command, Risk};
 use crate::keys::KeyConfig;
 
 /// `[control]` section of the site config.
@@ -28,10 +29,13 @@ pub struct ControlConfig {
     pub max_request_bytes: usize,
     /// Local audit log size before it rotates to `audit.log.1`.
     pub audit_max_bytes: u64,
+    /// Rotated audit files kept (`audit.log.1` … `audit.log.<N>`).
+    pub audit_files: usize,
     /// Timeout of RPC calls to other services.
     pub rpc_timeout_secs: u64,
-    /// Commands that need a second admin key's approval token.
-    pub require_approval: Vec<String>,
+    /// Commands that need a second admin key's approval token (only
+    /// `Risk::High` commands may be listed).
+    pub require_approval: Vec<Command>,
     /// Authorized control keys (baked into the image).
     pub keys: Vec<KeyConfig>,
 }
@@ -47,6 +51,7 @@ impl Default for ControlConfig {
             max_auth_tries: 3,
             max_request_bytes: crate::request::DEFAULT_MAX_REQUEST,
             audit_max_bytes: 8 << 20,
+            audit_files: 4,
             rpc_timeout_secs: 10,
             require_approval: Vec::new(),
             keys: Vec::new(),
@@ -63,14 +68,30 @@ impl ControlConfig {
             crate::request::cidr("backend", b).map_err(|e| anyhow::anyhow!("[control] {e}"))?;
         }
         for c in &self.require_approval {
-            match crate::scope::command(c) {
-                Some(spec) if spec.risky => {}
-                _ => anyhow::bail!("[control] require_approval: {c:?} is not a risky command"),
-            }
+            anyhow::ensure!(
+                c.risk() == Risk::High,
+                "[control] require_approval: {c} is not a risky command (risky: {})",
+                Command::ALL
+                    .iter()
+                    .filter(|c| c.risk() == Risk::High)
+                    .map(|c| c.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         anyhow::ensure!(
             self.max_sessions > 0 && self.max_auth_tries > 0,
             "[control] max_sessions and max_auth_tries must be > 0"
+        );
+        anyhow::ensure!(
+            (1..=64).contains(&self.audit_files),
+            "[control] audit_files must be 1..=64, not {}",
+            self.audit_files
+        );
+        anyhow::ensure!(
+            self.audit_max_bytes >= 64 * 1024,
+            "[control] audit_max_bytes must be >= 65536, not {}",
+            self.audit_max_bytes
         );
         anyhow::ensure!(
             self.max_request_bytes >= 1024,
@@ -99,7 +120,7 @@ pub struct RuntimeConfig {
 }
 
 impl RuntimeConfig {
-    pub fn apply(&mut self, set: &crate::request::ConfigSet) {
+    pub fn apply(&mut self, set: &crate::params::ConfigSet) {
         if let Some(v) = &set.siem_endpoint {
             self.siem_endpoint = v.clone();
         }
@@ -153,4 +174,37 @@ pub fn is_backend(backend: &[IpNet], ip: std::net::IpAddr) -> bool {
         v4 => v4,
     };
     backend.iter().any(|n| n.contains(&ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn require_approval_takes_only_risky_commands() {
+        let site = ControlConfig {
+            require_approval: vec![Command::Health],
+            ..Default::default()
+        };
+        let e = site.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("[control] require_approval: health is not a risky command (risky: control_key_add, control_key_remove, reboot, update_apply, update_rollback)"),
+            "{e}"
+        );
+        let ok = ControlConfig {
+            require_approval: vec![Command::Reboot],
+            ..Default::default()
+        };
+        ok.validate().unwrap();
+    }
+
+    #[test]
+    fn audit_files_bounded() {
+        let site = ControlConfig {
+            audit_files: 0,
+            ..Default::default()
+        };
+        let e = site.validate().unwrap_err().to_string();
+        assert_eq!(e, "[control] audit_files must be 1..=64, not 0");
+    }
 }

@@ -175,9 +175,12 @@ mod tests {
 
     #[test]
     fn parse_and_persist() {
-        assert!(parse_ed25519_line(K1).is_ok());
+        assert_eq!(parse_ed25519_line(K1).unwrap().comment(), "test@one");
         let rsa = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDLZ4c2I5ykQ7A6l1eYBo3n0gLKyA0C6XbwCK7Hl+z4qT8hvYVjJqvJfUvPp3v0DU3cQ7O6a0M+eB6nEbjM9lF1sBJa4wF6hJ3mN0u0rjfLcqYqjEv3x4ZY1S3Ih3h3b8h0p3qH5TQnwRz3mC7E8Wc5j1qA1O8P6y8E0o1r2LhJpQ== x";
-        assert!(parse_ed25519_line(rsa).is_err());
+        assert_eq!(
+            parse_ed25519_line(rsa).unwrap_err(),
+            "only ssh-ed25519 keys are accepted, not ssh-rsa"
+        );
         let dir = tempfile::tempdir().unwrap();
         let mut s = KeyStore::load(&[], dir.path()).unwrap();
         let c = KeyConfig {
@@ -190,7 +193,8 @@ mod tests {
         let k = s.add(c.clone()).unwrap();
         assert_eq!(k.comment, "test@one");
         assert!(k.fingerprint.starts_with("SHA256:"));
-        assert!(s.add(c).is_err());
+        let e = s.add(c).unwrap_err();
+        assert!(e.ends_with("is already present"), "{e}");
         let s2 = KeyStore::load(&[], dir.path()).unwrap();
         assert!(s2.find(&k.fingerprint).is_some());
         let mut s3 = KeyStore::load(&[], dir.path()).unwrap();

@@ -2,26 +2,35 @@
 //! allowlisted JSON commands, scoped keys, audited.
 //!
 //! Data flow: backend `ssh -p 2222 gwctl@gw <command> < request.json` →
-//! [`server`] (russh: backend source check at accept, ed25519 public-key auth,
-//! `exec` only) → [`commands`] (scope check, approval, [`request`] validation)
-//! → local RPC to the owning service (`vpn.sock`, `spa.sock`, `init.sock`) or
-//! control's own state (keys, runtime config) → JSON on stdout + exit status.
-//! Every call and every refusal leaves one [`audit`] record (stdout event for
-//! logship/SIEM and `<state_dir>/audit.log` for `pull_logs`).
-//! [`client`] holds the backend-side helpers behind `gwos ctl`.
+//! [`server`] (backend source check and `max_sessions` at accept, the auth
+//! deadline) → `conn` (russh handler: ed25519 public-key auth,
+//! `max_auth_tries`, `exec` only, channel and buffer caps) → [`commands`]
+//! (the [`command`] table: scope check, [`approval`], [`params`] validation,
+//! intent record, handler) → local RPC to the owning service (`vpn.sock`,
+//! `spa.sock`, `init.sock`) or control's own state (keys, runtime config)
+//! → JSON on stdout + exit status. Every call leaves an [`audit`] record
+//! (stdout event for logship/SIEM and `<state_dir>/audit.log*` for
+//! `pull_logs`); refusals before authentication are aggregated per source
+//! ([`refusals`]). [`client`] holds the backend-side helpers behind
+//! `gwos ctl`.
+#![forbid(unsafe_code)]
 
 pub mod approval;
 pub mod audit;
 pub mod client;
+pub mod command;
 pub mod commands;
 pub mod config;
+mod conn;
+mod handlers;
 pub mod keys;
+pub mod params;
+pub mod refusals;
 pub mod request;
 pub mod scope;
 pub mod server;
 
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 
@@ -31,20 +40,12 @@ pub fn run(ctx: gwos_core::ServiceContext) -> anyhow::Result<()> {
     site.validate()?;
     let host = server::host_key(&ctx.state_dir)?;
     let host_fp = keys::fingerprint(host.public_key());
-    let keys = keys::KeyStore::load(&site.keys, &ctx.state_dir)?;
-    let runtime: config::RuntimeConfig =
-        gwos_core::state::read_json(&ctx.state_dir.join("runtime.json"))?.unwrap_or_default();
-    let ctl = Arc::new(commands::Control {
-        audit: audit::AuditLog::new(&ctx.state_dir, site.audit_max_bytes),
+    let ctl = Arc::new(commands::Control::new(
         site,
-        state_dir: ctx.state_dir.clone(),
-        run_dir: ctx.run_dir.clone(),
-        keys: Mutex::new(keys),
-        runtime: Mutex::new(runtime),
-        host_fingerprint: host_fp.clone(),
-        started: std::time::Instant::now(),
-        sessions: AtomicUsize::new(0),
-    });
+        &ctx.state_dir,
+        &ctx.run_dir,
+        host_fp.clone(),
+    )?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

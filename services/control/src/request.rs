@@ -1,12 +1,13 @@
 //! The request body (a JSON object on stdin) and strict validators for every
-//! command's parameters. Pure functions: the fuzz target `control_request`
-//! drives [`parse_envelope`] and [`validate_params`] with arbitrary bytes.
+//! field type (user names, keys, CIDRs, endpoints), and redaction for logs.
+//! The per-command parameter structs live in [`crate::params`]. Pure
+//! functions: the fuzz target `control_request` drives [`parse_envelope`]
+//! and `Command::validate` with arbitrary bytes.
 
 use std::net::IpAddr;
 
 use base64::Engine;
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Default cap on the request body.
@@ -22,7 +23,7 @@ impl std::fmt::Display for FieldError {
     }
 }
 
-fn err<T>(field: &str, what: impl std::fmt::Display) -> Result<T, FieldError> {
+pub(crate) fn err<T>(field: &str, what: impl std::fmt::Display) -> Result<T, FieldError> {
     Err(FieldError(format!("invalid field {field:?}: {what}")))
 }
 
@@ -157,388 +158,6 @@ pub fn endpoint(field: &str, s: &str) -> Result<(), FieldError> {
     }
 }
 
-// ---- per-command parameters (deny unknown fields; serde names the field) ----
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Empty {}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserOnly {
-    pub user: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct VpnUserCreate {
-    pub user: String,
-    /// WireGuard public key (32 bytes, base64).
-    pub public_key: String,
-    /// Fixed tunnel address (IPv4); default: the vpn picks one from its pool.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
-    /// Networks the user may reach (IPv4 CIDRs); default: the vpn's default policy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allowed: Option<Vec<String>>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateCcd {
-    pub user: String,
-    /// Networks this user may reach through the tunnel (IPv4 CIDRs).
-    pub allowed: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SpaUserSet {
-    pub user: String,
-    /// fwknop KEY_BASE64 (Rijndael key, 16..=32 bytes).
-    pub key_base64: String,
-    /// fwknop HMAC_KEY_BASE64 (32..=128 bytes).
-    pub hmac_key_base64: String,
-    /// `sha256` (default), `sha1`, `sha384`, `sha512`, ... (spa checks the exact set).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hmac_type: Option<String>,
-    /// `cbc` (default) ... (spa checks the exact set).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encryption_mode: Option<String>,
-    /// `tcp/443` style; default: spa's default ports.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ports: Option<Vec<String>>,
-    /// Source networks (CIDRs) the SPA packet may come from; default any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sources: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub require_source_address: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_secs: Option<u64>,
-}
-
-/// `tcp/443` or `udp/53`.
-pub fn proto_port(field: &str, s: &str) -> Result<(), FieldError> {
-    match s.split_once('/') {
-        Some(("tcp" | "udp", p))
-            if p.parse::<u16>().is_ok_and(|p| p > 0) && !p.starts_with('0') =>
-        {
-            Ok(())
-        }
-        _ => err(field, format!("{s:?} is not tcp/<port> or udp/<port>")),
-    }
-}
-
-fn ipv4_cidrs(field: &str, list: &[String], max: usize) -> Result<(), FieldError> {
-    if list.len() > max {
-        return err(field, format!("at most {max} entries"));
-    }
-    for c in list {
-        if !matches!(cidr(field, c)?, IpNet::V4(_)) {
-            return err(field, format!("{c:?} is not an IPv4 CIDR"));
-        }
-    }
-    Ok(())
-}
-
-fn word(field: &str, s: &str) -> Result<(), FieldError> {
-    if s.is_empty()
-        || s.len() > 16
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-    {
-        return err(field, "must be a short lowercase name");
-    }
-    Ok(())
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyAdd {
-    /// One OpenSSH public key line: `ssh-ed25519 AAAA... [comment]`.
-    pub key: String,
-    pub scopes: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comment: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyRemove {
-    /// `SHA256:...` as `ssh-keygen -lf` prints it.
-    pub fingerprint: String,
-}
-
-/// Present-but-null → `Some(None)` (clear), absent → `None` (keep).
-fn double<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
-
-/// `config_set`: every field optional; `null` clears an override.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigSet {
-    #[serde(
-        default,
-        deserialize_with = "double",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub siem_endpoint: Option<Option<String>>,
-    #[serde(
-        default,
-        deserialize_with = "double",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub backend: Option<Option<Vec<String>>>,
-    #[serde(
-        default,
-        deserialize_with = "double",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub dns: Option<Option<Vec<String>>>,
-    #[serde(
-        default,
-        deserialize_with = "double",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub idle_timeout_secs: Option<Option<u64>>,
-    #[serde(
-        default,
-        deserialize_with = "double",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub auth_timeout_secs: Option<Option<u64>>,
-    #[serde(
-        default,
-        deserialize_with = "double",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub rpc_timeout_secs: Option<Option<u64>>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PullLogs {
-    /// RFC 3339 time or Unix seconds; default: 1 hour ago.
-    #[serde(default)]
-    pub since: Option<Value>,
-    /// RFC 3339 time or Unix seconds; default: now.
-    #[serde(default)]
-    pub until: Option<Value>,
-    /// Max records (1..=10000, default 1000), newest kept.
-    #[serde(default)]
-    pub limit: Option<u64>,
-}
-
-/// Validated parameters of one command.
-#[derive(Debug, Clone)]
-pub enum Params {
-    None,
-    User(UserOnly),
-    VpnUserCreate(VpnUserCreate),
-    UpdateCcd(UpdateCcd),
-    SpaUserSet(SpaUserSet),
-    KeyAdd(KeyAdd),
-    KeyRemove(KeyRemove),
-    ConfigSet(ConfigSet),
-    PullLogs {
-        since: i64,
-        until: i64,
-        limit: usize,
-    },
-}
-
-fn typed<T: serde::de::DeserializeOwned>(params: &Map<String, Value>) -> Result<T, FieldError> {
-    serde_json::from_value(Value::Object(params.clone()))
-        .map_err(|e| FieldError(format!("invalid parameters: {e}")))
-}
-
-fn secs(field: &str, v: u64, max: u64) -> Result<(), FieldError> {
-    if v == 0 || v > max {
-        err(field, format!("must be 1..={max} seconds"))
-    } else {
-        Ok(())
-    }
-}
-
-/// Time as RFC 3339 or Unix seconds.
-pub fn time_value(field: &str, v: &Value) -> Result<i64, FieldError> {
-    match v {
-        Value::Number(n) => n
-            .as_i64()
-            .filter(|s| (0..=253402300799).contains(s))
-            .map_or_else(|| err(field, "out of range"), Ok),
-        Value::String(s) => {
-            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .map(|t| t.unix_timestamp())
-                .or_else(|_| err(field, "must be RFC 3339 or Unix seconds"))
-        }
-        _ => err(field, "must be RFC 3339 or Unix seconds"),
-    }
-}
-
-/// Strictly validates `params` for `command` (already known to exist).
-pub fn validate_params(
-    command: &str,
-    params: &Map<String, Value>,
-    now: i64,
-) -> Result<Params, FieldError> {
-    Ok(match command {
-        "vpn_user_create" => {
-            let p: VpnUserCreate = typed(params)?;
-            user_name("user", &p.user)?;
-            base64_exact("public_key", &p.public_key, 32)?;
-            if let Some(a) = &p.address {
-                if !matches!(ip("address", a)?, IpAddr::V4(_)) {
-                    return err("address", "must be an IPv4 address");
-                }
-            }
-            if let Some(a) = &p.allowed {
-                ipv4_cidrs("allowed", a, 64)?;
-            }
-            Params::VpnUserCreate(p)
-        }
-        "vpn_user_delete" | "spa_user_delete" => {
-            let p: UserOnly = typed(params)?;
-            user_name("user", &p.user)?;
-            Params::User(p)
-        }
-        "update_ccd" => {
-            let p: UpdateCcd = typed(params)?;
-            user_name("user", &p.user)?;
-            ipv4_cidrs("allowed", &p.allowed, 64)?;
-            Params::UpdateCcd(p)
-        }
-        "spa_user_set" => {
-            let p: SpaUserSet = typed(params)?;
-            user_name("user", &p.user)?;
-            base64_range("key_base64", &p.key_base64, 16, 32)?;
-            base64_range("hmac_key_base64", &p.hmac_key_base64, 32, 128)?;
-            if let Some(h) = &p.hmac_type {
-                word("hmac_type", h)?;
-            }
-            if let Some(m) = &p.encryption_mode {
-                word("encryption_mode", m)?;
-            }
-            if let Some(ports) = &p.ports {
-                if ports.len() > 32 {
-                    return err("ports", "at most 32 entries");
-                }
-                for x in ports {
-                    proto_port("ports", x)?;
-                }
-            }
-            if let Some(src) = &p.sources {
-                if src.len() > 64 {
-                    return err("sources", "at most 64 entries");
-                }
-                for c in src {
-                    cidr("sources", c)?;
-                }
-            }
-            if let Some(t) = p.timeout_secs {
-                secs("timeout_secs", t, 86400)?;
-            }
-            Params::SpaUserSet(p)
-        }
-        "control_key_add" => {
-            let p: KeyAdd = typed(params)?;
-            if p.key.len() > 1024 {
-                return err("key", "longer than 1024 bytes");
-            }
-            crate::keys::parse_ed25519_line(&p.key)
-                .map_err(|e| FieldError(format!("invalid field \"key\": {e}")))?;
-            crate::scope::Scopes::parse(&p.scopes)
-                .map_err(|e| FieldError(format!("invalid field \"scopes\": {e}")))?;
-            if let Some(c) = &p.comment {
-                if c.len() > 128 || c.chars().any(char::is_control) {
-                    return err("comment", "at most 128 printable characters");
-                }
-            }
-            Params::KeyAdd(p)
-        }
-        "control_key_remove" => {
-            let p: KeyRemove = typed(params)?;
-            if !p.fingerprint.starts_with("SHA256:") || p.fingerprint.len() > 80 {
-                return err(
-                    "fingerprint",
-                    "must be SHA256:... as ssh-keygen -lf prints it",
-                );
-            }
-            Params::KeyRemove(p)
-        }
-        "config_set" => {
-            let p: ConfigSet = typed(params)?;
-            if p == ConfigSet::default() {
-                return Err(FieldError("config_set needs at least one field".into()));
-            }
-            if let Some(Some(e)) = &p.siem_endpoint {
-                endpoint("siem_endpoint", e)?;
-            }
-            if let Some(Some(b)) = &p.backend {
-                if b.is_empty() || b.len() > 64 {
-                    return err("backend", "1..=64 CIDRs (null clears the override)");
-                }
-                for c in b {
-                    cidr("backend", c)?;
-                }
-            }
-            if let Some(Some(d)) = &p.dns {
-                if d.len() > 4 {
-                    return err("dns", "at most 4 entries");
-                }
-                for a in d {
-                    ip("dns", a)?;
-                }
-            }
-            if let Some(Some(v)) = p.idle_timeout_secs {
-                secs("idle_timeout_secs", v, 86400)?;
-            }
-            if let Some(Some(v)) = p.auth_timeout_secs {
-                secs("auth_timeout_secs", v, 600)?;
-            }
-            if let Some(Some(v)) = p.rpc_timeout_secs {
-                secs("rpc_timeout_secs", v, 600)?;
-            }
-            Params::ConfigSet(p)
-        }
-        "pull_logs" => {
-            let p: PullLogs = typed(params)?;
-            let since = p
-                .since
-                .as_ref()
-                .map(|v| time_value("since", v))
-                .transpose()?
-                .unwrap_or(now - 3600);
-            let until = p
-                .until
-                .as_ref()
-                .map(|v| time_value("until", v))
-                .transpose()?
-                .unwrap_or(now + 1);
-            if until < since {
-                return err("until", "is before since");
-            }
-            let limit = p.limit.unwrap_or(1000);
-            if limit == 0 || limit > 10_000 {
-                return err("limit", "must be 1..=10000");
-            }
-            Params::PullLogs {
-                since,
-                until,
-                limit: limit as usize,
-            }
-        }
-        _ => {
-            let _: Empty = typed(params)?;
-            Params::None
-        }
-    })
-}
-
 /// Field names whose values never reach logs.
 pub fn is_secret_field(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
@@ -577,10 +196,6 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn obj(v: Value) -> Map<String, Value> {
-        v.as_object().unwrap().clone()
-    }
-
     #[test]
     fn envelope() {
         assert_eq!(parse_envelope(b"", 10).unwrap().params.len(), 0);
@@ -604,62 +219,13 @@ mod tests {
             .unwrap_err()
             .0
             .contains("larger"));
-        assert!(trace_id(&"a".repeat(65)).is_err() && trace_id(&"a".repeat(64)).is_ok());
-    }
-
-    #[test]
-    fn validators_name_the_field() {
-        let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-        assert!(validate_params(
-            "vpn_user_create",
-            &obj(json!({"user":"alice","public_key":key})),
-            0
-        )
-        .is_ok());
-        let e = validate_params(
-            "vpn_user_create",
-            &obj(json!({"user":"Alice","public_key":key})),
-            0,
-        )
-        .unwrap_err();
-        assert!(e.0.contains("\"user\""), "{e}");
-        let e = validate_params(
-            "vpn_user_create",
-            &obj(json!({"user":"alice","public_key":"AAAA"})),
-            0,
-        )
-        .unwrap_err();
-        assert!(e.0.contains("public_key"), "{e}");
-        let e = validate_params(
-            "vpn_user_create",
-            &obj(json!({"user":"alice","public_key":key,"x":1})),
-            0,
-        )
-        .unwrap_err();
-        assert!(e.0.contains("unknown field `x`"), "{e}");
-        let e = validate_params(
-            "update_ccd",
-            &obj(json!({"user":"bob","allowed":["10.0.0.1/24"]})),
-            0,
-        )
-        .unwrap_err();
-        assert!(e.0.contains("host bits"), "{e}");
-        let e =
-            validate_params("config_set", &obj(json!({"siem_endpoint":"siem:0"})), 0).unwrap_err();
-        assert!(e.0.contains("siem_endpoint"), "{e}");
-        assert!(validate_params("config_set", &obj(json!({"backend":null})), 0).is_ok());
-        assert!(validate_params("health", &obj(json!({"extra":1})), 0).is_err());
-        assert!(
-            user_name("u", &"a".repeat(32)).is_ok() && user_name("u", &"a".repeat(33)).is_err()
+        assert_eq!(
+            trace_id(&"a".repeat(65)),
+            Err(FieldError(
+                "invalid field \"trace_id\": must match [A-Za-z0-9_-]{1,64}".into()
+            ))
         );
-        assert!(user_name("u", "1a").is_err());
-        let p = validate_params(
-            "pull_logs",
-            &obj(json!({"since":"2026-01-01T00:00:00Z","limit":5})),
-            100,
-        )
-        .unwrap_err();
-        assert!(p.0.contains("until"), "{p}");
+        assert_eq!(trace_id(&"a".repeat(64)), Ok("a".repeat(64)));
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Scopes (capabilities) carried by control keys and the command table that
-//! says which scope each command needs.
+//! Scopes (capabilities) carried by control keys. Which scope a command
+//! needs is a column of the command table ([`crate::command`]).
 
 use std::collections::BTreeSet;
+
+use crate::command::Command;
 
 /// Every scope a key may carry. `admin` implies all of them.
 pub const SCOPES: &[&str] = &[
@@ -18,140 +20,6 @@ pub const SCOPES: &[&str] = &[
     "update:write",
     "admin",
 ];
-
-/// One allowlisted command.
-#[derive(Debug, Clone, Copy)]
-pub struct CommandSpec {
-    pub name: &'static str,
-    /// Scope needed; `None` = any authenticated key (only `help`).
-    pub scope: Option<&'static str>,
-    /// May need a second admin key's approval (site config `require_approval`).
-    pub risky: bool,
-    pub summary: &'static str,
-}
-
-const fn c(
-    name: &'static str,
-    scope: &'static str,
-    risky: bool,
-    summary: &'static str,
-) -> CommandSpec {
-    CommandSpec {
-        name,
-        scope: Some(scope),
-        risky,
-        summary,
-    }
-}
-
-pub const COMMANDS: &[CommandSpec] = &[
-    CommandSpec {
-        name: "help",
-        scope: None,
-        risky: false,
-        summary: "commands this key may call",
-    },
-    c(
-        "health",
-        "health:read",
-        false,
-        "control health, host key fingerprint, peer services",
-    ),
-    c(
-        "vpn_user_create",
-        "vpn:write",
-        false,
-        "add a VPN user (WireGuard public key)",
-    ),
-    c("vpn_user_delete", "vpn:write", false, "remove a VPN user"),
-    c("vpn_user_list", "vpn:read", false, "list VPN users"),
-    c("vpn_status", "vpn:read", false, "VPN service status"),
-    c(
-        "update_ccd",
-        "vpn:write",
-        false,
-        "set a VPN user's routes and DNS",
-    ),
-    c(
-        "spa_user_set",
-        "spa:write",
-        false,
-        "add or replace an SPA user's keys",
-    ),
-    c("spa_user_delete", "spa:write", false, "remove an SPA user"),
-    c("spa_user_list", "spa:read", false, "list SPA users"),
-    c(
-        "control_key_add",
-        "keys:write",
-        true,
-        "add a control key with scopes",
-    ),
-    c(
-        "control_key_remove",
-        "keys:write",
-        true,
-        "remove a control key added at runtime",
-    ),
-    c(
-        "control_key_list",
-        "keys:write",
-        false,
-        "list control keys and their scopes",
-    ),
-    c(
-        "config_get",
-        "config:read",
-        false,
-        "runtime config overrides and effective values",
-    ),
-    c(
-        "config_set",
-        "config:write",
-        false,
-        "set runtime config overrides",
-    ),
-    c(
-        "pull_logs",
-        "logs:read",
-        false,
-        "audit records for a time window",
-    ),
-    c("reboot", "admin", true, "ask init to reboot the gateway"),
-    c(
-        "spawn_browser_container",
-        "sessions:write",
-        false,
-        "not available in this release",
-    ),
-    c(
-        "terminate_session",
-        "sessions:write",
-        false,
-        "not available in this release",
-    ),
-    c(
-        "update_apply",
-        "update:write",
-        true,
-        "not available in this release",
-    ),
-    c(
-        "update_status",
-        "update:write",
-        false,
-        "not available in this release",
-    ),
-    c(
-        "update_rollback",
-        "update:write",
-        true,
-        "not available in this release",
-    ),
-];
-
-pub fn command(name: &str) -> Option<&'static CommandSpec> {
-    COMMANDS.iter().find(|c| c.name == name)
-}
 
 /// A key's scope set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -180,8 +48,8 @@ impl Scopes {
         self.0.contains("admin") || self.0.contains(scope)
     }
 
-    pub fn allows(&self, spec: &CommandSpec) -> bool {
-        spec.scope.is_none_or(|s| self.has(s))
+    pub fn allows(&self, command: Command) -> bool {
+        command.scope().is_none_or(|s| self.has(s))
     }
 
     /// True if every scope of `other` is held by `self` (no escalation).
@@ -198,23 +66,28 @@ impl Scopes {
 mod tests {
     use super::*;
 
+    fn scopes(list: &[&str]) -> Scopes {
+        Scopes::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
     #[test]
-    fn admin_implies_all_and_unknown_scope_rejected() {
-        let admin = Scopes::parse(&["admin".into()]).unwrap();
-        let ro = Scopes::parse(&["vpn:read".into()]).unwrap();
-        assert!(admin.allows(command("reboot").unwrap()));
-        assert!(ro.allows(command("vpn_user_list").unwrap()));
-        assert!(!ro.allows(command("vpn_user_create").unwrap()));
-        assert!(ro.allows(command("help").unwrap()));
+    fn admin_implies_all() {
+        let admin = scopes(&["admin"]);
+        let ro = scopes(&["vpn:read"]);
+        assert!(admin.allows(Command::Reboot));
+        assert!(ro.allows(Command::VpnUserList));
+        assert!(!ro.allows(Command::VpnUserCreate));
+        assert!(ro.allows(Command::Help));
         assert!(admin.covers(&ro) && !ro.covers(&admin));
-        assert!(Scopes::parse(&["root".into()])
-            .unwrap_err()
-            .contains("root"));
-        assert!(Scopes::parse(&[]).is_err());
-        for c in COMMANDS {
-            if let Some(s) = c.scope {
-                assert!(SCOPES.contains(&s), "{}", c.name);
-            }
-        }
+    }
+
+    #[test]
+    fn unknown_or_no_scope_rejected() {
+        let e = Scopes::parse(&["root".into()]).unwrap_err();
+        assert!(e.starts_with("unknown scope \"root\""), "{e}");
+        assert_eq!(
+            Scopes::parse(&[]),
+            Err("a key needs at least one scope".to_string())
+        );
     }
 }
