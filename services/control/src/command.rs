@@ -196,6 +196,14 @@ commands! {
         name: "spa_user_list", scope: Some("spa:read"), risk: Normal, effect: Read, params: Empty,
         handler: handlers::forward_spa, summary: "list SPA users",
     }
+    VpnUserRenew {
+        name: "vpn_user_renew", scope: Some("vpn:write"), risk: Normal, effect: Change, params: params::VpnUserRenew,
+        handler: handlers::vpn_user_renew, summary: "extend a VPN user's grant (expires_secs from now)",
+    }
+    VpnUserConfig {
+        name: "vpn_user_config", scope: Some("vpn:read"), risk: Normal, effect: Read, params: params::UserOnly,
+        handler: handlers::forward_vpn_user, summary: "a VPN user's client config again (after a DNS change)",
+    }
     ControlKeyAdd {
         name: "control_key_add", scope: Some("keys:write"), risk: High, effect: Change, params: params::KeyAdd,
         handler: handlers::control_key_add, summary: "add a control key with scopes",

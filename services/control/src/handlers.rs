@@ -13,6 +13,7 @@ use crate::commands::Control;
 use crate::keys::{Key, KeyConfig};
 use crate::params::{
     ConfigSet, Empty, KeyAdd, KeyRemove, LogWindow, SpaUserSet, UpdateCcd, UserOnly, VpnUserCreate,
+    VpnUserRenew,
 };
 use crate::scope::Scopes;
 
@@ -76,7 +77,29 @@ pub(crate) fn vpn_user_create(ctl: &Control, p: VpnUserCreate, cx: &Ctx<'_>) -> 
     if let Some(a) = p.allowed {
         v["policy"] = json!({"allowed": a});
     }
+    if let Some(s) = p.expires_secs {
+        v["expires_secs"] = json!(s);
+    }
     ctl.forward("vpn", cx.command.name(), v, cx.trace_id)
+}
+
+pub(crate) fn vpn_user_renew(ctl: &Control, p: VpnUserRenew, cx: &Ctx<'_>) -> Out {
+    ctl.forward(
+        "vpn",
+        cx.command.name(),
+        json!({"name": p.user, "expires_secs": p.expires_secs}),
+        cx.trace_id,
+    )
+}
+
+/// vpn commands that name one user (`name` in the vpn's RPC).
+pub(crate) fn forward_vpn_user(ctl: &Control, p: UserOnly, cx: &Ctx<'_>) -> Out {
+    ctl.forward(
+        "vpn",
+        cx.command.name(),
+        json!({"name": p.user}),
+        cx.trace_id,
+    )
 }
 
 pub(crate) fn vpn_user_delete(ctl: &Control, p: UserOnly, cx: &Ctx<'_>) -> Out {
@@ -165,7 +188,16 @@ pub(crate) fn config_get(ctl: &Control, _: Empty, _cx: &Ctx<'_>) -> Out {
     Ok(ctl.config_view())
 }
 
-pub(crate) fn config_set(ctl: &Control, p: ConfigSet, _cx: &Ctx<'_>) -> Out {
+pub(crate) fn config_set(ctl: &Control, p: ConfigSet, cx: &Ctx<'_>) -> Out {
+    // DNS is the vpn's to apply (client configs, allowed sets, the DNS drop
+    // rules): it goes there first, and a change the vpn refuses is not stored.
+    if let Some(dns) = &p.dns {
+        ctl.forward("vpn", "set_dns", json!({ "dns": dns }), cx.trace_id)
+            .map_err(|e| match e {
+                HandlerError::Failed(m) => HandlerError::Failed(format!("dns not applied: {m}")),
+                denied => denied,
+            })?;
+    }
     let mut rt = ctl.runtime.lock().unwrap_or_else(|p| p.into_inner());
     let mut next = rt.clone();
     next.apply(&p);

@@ -33,6 +33,19 @@ pub struct VpnUserCreate {
     /// Networks the user may reach (IPv4 CIDRs); default: the vpn's default policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed: Option<Vec<String>>,
+    /// Grant length: the peer is removed this long after creation (the vpn
+    /// enforces the site's `[vpn] grant_max_secs`); default: the site's
+    /// `grant_default_secs`, or no expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VpnUserRenew {
+    pub user: String,
+    /// The grant now ends this long from now.
+    pub expires_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -252,6 +265,27 @@ impl Validate for VpnUserCreate {
         if let Some(a) = &self.allowed {
             ipv4_cidrs("allowed", a, 64)?;
         }
+        if let Some(s) = self.expires_secs {
+            grant_secs("expires_secs", s)?;
+        }
+        Ok(self)
+    }
+}
+
+/// A grant length: at least a second, at most ten years (the vpn applies
+/// the site's own, smaller maximum).
+fn grant_secs(field: &str, secs: u64) -> Result<(), FieldError> {
+    if secs == 0 || secs > 10 * 365 * 24 * 3600 {
+        return err(field, "must be between 1 and 315360000 seconds");
+    }
+    Ok(())
+}
+
+impl Validate for VpnUserRenew {
+    type Valid = VpnUserRenew;
+    fn validate(self, _now: i64) -> Result<VpnUserRenew, FieldError> {
+        user_name("user", &self.user)?;
+        grant_secs("expires_secs", self.expires_secs)?;
         Ok(self)
     }
 }

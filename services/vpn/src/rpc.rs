@@ -85,7 +85,8 @@ struct RenewReq {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DnsReq {
-    dns: Vec<String>,
+    /// `None`: back to the site's `[vpn] dns`.
+    dns: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,11 +319,12 @@ impl Service {
     /// user's config is then outdated until fetched again.
     fn set_dns(&self, params: Value) -> Result<Value> {
         let r: DnsReq = serde_json::from_value(params).context("set_dns parameters")?;
-        let dns = users::parse_dns(&r.dns)?;
+        let runtime = r.dns.as_deref().map(users::parse_dns).transpose()?;
+        let dns = runtime.clone().unwrap_or_else(|| self.site_dns.clone());
         let outdated: Vec<String> = {
             let mut all = self.lock();
             let mut next = all.clone();
-            next.dns = Some(dns.clone());
+            next.dns = runtime;
             self.save(&next)?;
             *all = next;
             all.users
