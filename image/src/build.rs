@@ -171,7 +171,7 @@ pub fn build(a: &Args) -> Result<Built> {
         v = im.version_id
     );
     let staging = work.join("rootfs");
-    rootfs::stage(
+    let owners = rootfs::stage(
         &staging,
         &rootfs::Input {
             gwosd: &a.gwosd,
@@ -196,7 +196,14 @@ pub fn build(a: &Args) -> Result<Built> {
     let fs_uuid =
         uuid::Builder::from_random_bytes(derive(&build_id, "erofs-uuid")[..16].try_into()?)
             .into_uuid();
-    let data_size = erofs::mkfs(&staging, &erofs_path, epoch, fs_uuid, &im.erofs_compression)?;
+    let data_size = erofs::mkfs(
+        &staging,
+        &erofs_path,
+        epoch,
+        fs_uuid,
+        &im.erofs_compression,
+        &owners,
+    )?;
     let root_part = cfg.partitions.root_mib * MIB;
     ensure!(
         data_size <= root_part,

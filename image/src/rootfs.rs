@@ -2,6 +2,12 @@
 //! `/usr/bin/gwosd`), the repository's `rootfs/` files as they are, generated
 //! `/etc/os-release` and `/etc/gwos/site.toml`, release public keys, empty
 //! mount points. Nothing else: no shell, no interpreter.
+//!
+//! site.toml is world-readable (every service reads its section), so the
+//! secrets in it are split out into per-service files readable only by
+//! their owner ([`SECRETS`]): `[spa] users` (the SPA keys) go to
+//! `/etc/gwos/secrets/spa.toml`, mode 0400, owned by spa's uid. [`stage`]
+//! returns those owners for the EROFS builder, which records them.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -20,6 +26,7 @@ pub const DIRS: &[&str] = &[
     "etc",
     "etc/gwos",
     "etc/gwos/release-keys",
+    "etc/gwos/secrets",
     "sbin",
     "usr",
     "usr/bin",
@@ -37,6 +44,53 @@ pub struct Input<'a> {
     pub site_toml: &'a str,
     /// (file name, contents) under /etc/gwos/release-keys/.
     pub release_keys: &'a [(String, String)],
+}
+
+/// A staged path whose owner is not root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// Relative to the root.
+    pub rel: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Site-config keys that are secrets: (section, key, owning service, file).
+pub const SECRETS: &[(&str, &str, &str, &str)] =
+    &[("spa", "users", "spa", "etc/gwos/secrets/spa.toml")];
+
+/// Moves each [`SECRETS`] key out of `site` into `(file, text, owner)`;
+/// the file holds the key at its top level (`[[users]]` for spa).
+pub fn split_secrets(site: &mut toml::Table) -> Result<Vec<(Owner, String)>> {
+    let mut out = Vec::new();
+    for (section, key, service, rel) in SECRETS {
+        let Some(table) = site.get_mut(*section).and_then(toml::Value::as_table_mut) else {
+            continue;
+        };
+        let Some(value) = table.remove(*key) else {
+            continue;
+        };
+        let uid = gwos_core::rpc::SERVICE_UIDS
+            .iter()
+            .find(|(n, _)| n == service)
+            .map(|(_, u)| *u)
+            .with_context(|| format!("no fixed uid for service {service}"))?;
+        let mut file = toml::Table::new();
+        file.insert((*key).to_string(), value);
+        let text = format!(
+            "# [{section}] {key} from image.toml [site], readable only by {service} (uid {uid})\n{}",
+            toml::to_string(&file)?
+        );
+        out.push((
+            Owner {
+                rel: (*rel).to_string(),
+                uid,
+                gid: uid,
+            },
+            text,
+        ));
+    }
+    Ok(out)
 }
 
 fn set_mode(p: &Path, mode: u32) -> Result<()> {
@@ -102,7 +156,8 @@ pub fn tree_digest(dir: &Path) -> Result<[u8; 32]> {
     Ok(h.finalize().into())
 }
 
-pub fn stage(root: &Path, input: &Input) -> Result<()> {
+/// Stages the tree; returns the paths that are not owned by root.
+pub fn stage(root: &Path, input: &Input) -> Result<Vec<Owner>> {
     if root.exists() {
         std::fs::remove_dir_all(root).with_context(|| format!("cleaning {}", root.display()))?;
     }
@@ -122,11 +177,38 @@ pub fn stage(root: &Path, input: &Input) -> Result<()> {
     set_mode(&init, 0o755)?;
     std::fs::hard_link(&init, root.join("usr/bin/gwosd"))?;
     write(root, "etc/os-release", input.os_release)?;
-    write(root, "etc/gwos/site.toml", input.site_toml)?;
+    let mut site: toml::Table = input
+        .site_toml
+        .parse()
+        .context("parsing the generated site.toml")?;
+    let secrets = split_secrets(&mut site)?;
+    if secrets.is_empty() {
+        write(root, "etc/gwos/site.toml", input.site_toml)?;
+    } else {
+        let header: String = input
+            .site_toml
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        write(
+            root,
+            "etc/gwos/site.toml",
+            &format!("{header}{}", toml::to_string(&site)?),
+        )?;
+    }
+    let mut owners = Vec::new();
+    for (owner, text) in secrets {
+        let p = root.join(&owner.rel);
+        std::fs::write(&p, text)?;
+        set_mode(&p, 0o400)?;
+        owners.push(owner);
+    }
     for (name, text) in input.release_keys {
         write(root, &format!("etc/gwos/release-keys/{name}"), text)?;
     }
-    check_no_shell(root)
+    check_no_shell(root)?;
+    Ok(owners)
 }
 
 fn write(root: &Path, rel: &str, text: &str) -> Result<()> {
@@ -220,6 +302,51 @@ mod tests {
         assert_ne!(
             tree_digest(&extra).unwrap(),
             tree_digest(&t.path().join("none")).unwrap()
+        );
+    }
+
+    const SITE_WITH_SPA_USERS: &str = "[control]\nbackend = [\"192.0.2.0/24\"]\n\n[spa]\nport = 62201\n\n[[spa.users]]\nuser = \"alice\"\nkey_base64 = \"PLJiB9FhMc635yVDYsXCvEgWl7Q60iCQNQBvN1inQ04=\"\nhmac_key_base64 = \"YTMMjQ9STIx2+a0R1557B7q8N8jd3Zt1ryxkCDxe1g6mRlhD9YheNvRXhDIYy8tOmVId8lrSScZlygiX0bsRxA==\"\n";
+
+    /// F9: site.toml is 0644 and every service reads it; spa's user keys
+    /// must not be in it but in a file only spa's uid can read.
+    #[test]
+    fn f9_site_secrets_not_world_readable() {
+        let t = tempfile::tempdir().unwrap();
+        let gwosd = t.path().join("gwosd");
+        std::fs::write(&gwosd, b"ELF").unwrap();
+        let input = Input {
+            gwosd: &gwosd,
+            extra_dir: None,
+            os_release: "NAME=gwos\n",
+            site_toml: SITE_WITH_SPA_USERS,
+            release_keys: &[],
+        };
+        let root = t.path().join("root");
+        let owners = stage(&root, &input).unwrap();
+        assert_eq!(
+            owners,
+            vec![Owner {
+                rel: "etc/gwos/secrets/spa.toml".into(),
+                uid: 801,
+                gid: 801
+            }]
+        );
+        let site = std::fs::read_to_string(root.join("etc/gwos/site.toml")).unwrap();
+        assert!(
+            !site.contains("key_base64") && !site.contains("PLJiB9Fh"),
+            "SPA keys in the world-readable site.toml:\n{site}"
+        );
+        assert!(
+            site.contains("port = 62201"),
+            "the rest of [spa] stays: {site}"
+        );
+        let secrets = root.join("etc/gwos/secrets/spa.toml");
+        let mode = std::fs::metadata(&secrets).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o400, "{}", secrets.display());
+        let text = std::fs::read_to_string(&secrets).unwrap();
+        assert!(
+            text.contains("PLJiB9FhMc635yVDYsXCvEgWl7Q60iCQNQBvN1inQ04="),
+            "{text}"
         );
     }
 }

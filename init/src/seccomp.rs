@@ -4,8 +4,9 @@
 //! with `EPERM`. The list is data: [`BASE`] (what a Rust + glibc + tokio
 //! program and our shared code — config loading, the RPC socket, state
 //! files — need) plus [`EXTRA`], a few per-service additions keyed by the
-//! service name, plus argument-checked rules for `socket` (address families:
-//! [`SOCKET_FAMILIES`]), `ioctl` (request numbers: [`IOCTLS`]), `prctl`
+//! service name, plus argument-checked rules for `socket` (address families
+//! and netlink protocols, per service: [`SOCKETS`]), `ioctl` (request
+//! numbers: [`IOCTLS`]), `prctl`
 //! (options: [`PRCTLS`]) and `clone` (no namespace flags: [`CLONE_NS_FLAGS`];
 //! `clone3`, whose flags seccomp cannot see, gets ENOSYS: [`CLONE3`]).
 //!
@@ -137,7 +138,7 @@ pub const BASE: &[i64] = &[
     libc::SYS_eventfd2,
     libc::SYS_poll,
     libc::SYS_ppoll,
-    // --- sockets (which families `socket` may create: see `SOCKET_FAMILIES`) ---
+    // --- sockets (which families `socket` may create: see `SOCKETS`) ---
     libc::SYS_socketpair,
     libc::SYS_bind,
     libc::SYS_listen,
@@ -164,16 +165,53 @@ pub const EXTRA: &[(&str, &[i64])] = &[
     ("control", &[libc::SYS_mlock, libc::SYS_munlock]),
 ];
 
-/// `socket(domain, ..)` is allowed for these address families only: unix
-/// (the RPC sockets, SO_PEERCRED), IPv4/IPv6 (the listeners, tls-front →
-/// vpn, the vpn's interface ioctls) and netlink (nftables sets and chains,
-/// links and addresses). No AF_PACKET, no AF_ALG, no AF_KEY, ...
-pub const SOCKET_FAMILIES: &[i32] = &[
-    libc::AF_UNIX,
-    libc::AF_INET,
-    libc::AF_INET6,
-    libc::AF_NETLINK,
+/// One allowed shape of `socket(domain, type, protocol)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketRule {
+    /// This address family, any type and protocol.
+    Family(i32),
+    /// `AF_NETLINK` with this netlink protocol only (argument 2).
+    Netlink(i32),
+}
+
+use SocketRule::{Family, Netlink};
+
+/// The sockets each service may create (`"*"` = every service): unix for
+/// all (the RPC sockets, SO_PEERCRED); IPv4/IPv6 for the services that
+/// listen or talk to each other over loopback (and the vpn's interface
+/// ioctls); netlink only where it is needed, by protocol: nftables
+/// (`NETLINK_NETFILTER`) for spa-grant (one set element) and vpn (its
+/// chains), `NETLINK_ROUTE` for vpn only. spa, which parses packets from
+/// the whole internet, gets no netlink at all; spa-grant no IP sockets.
+/// No AF_PACKET, no AF_ALG, no AF_KEY, no other netlink protocol, ...
+pub const SOCKETS: &[(&str, &[SocketRule])] = &[
+    ("*", &[Family(libc::AF_UNIX)]),
+    ("spa", &[Family(libc::AF_INET), Family(libc::AF_INET6)]),
+    (
+        "tls-front",
+        &[Family(libc::AF_INET), Family(libc::AF_INET6)],
+    ),
+    ("control", &[Family(libc::AF_INET), Family(libc::AF_INET6)]),
+    (
+        "vpn",
+        &[
+            Family(libc::AF_INET),
+            Family(libc::AF_INET6),
+            Netlink(libc::NETLINK_NETFILTER),
+            Netlink(libc::NETLINK_ROUTE),
+        ],
+    ),
+    ("spa-grant", &[Netlink(libc::NETLINK_NETFILTER)]),
 ];
+
+/// The socket shapes `service` may create.
+pub fn sockets(service: &str) -> Vec<SocketRule> {
+    SOCKETS
+        .iter()
+        .filter(|(n, _)| *n == "*" || *n == service)
+        .flat_map(|(_, r)| r.iter().copied())
+        .collect()
+}
 
 /// `ioctl(fd, request, ..)` is allowed for these requests only, per service
 /// (`"*"` = every service).
@@ -357,9 +395,25 @@ pub fn program(service: &str) -> Result<BpfProgram> {
     // kernel reads them (the namespace flags all live in the low 32 bits).
     rules.insert(
         libc::SYS_socket,
-        SOCKET_FAMILIES
-            .iter()
-            .map(|f| arg_eq(0, *f as u64))
+        sockets(service)
+            .into_iter()
+            .map(|r| match r {
+                Family(f) => arg_eq(0, f as u64),
+                Netlink(p) => {
+                    let c = |arg, v: i32| {
+                        SeccompCondition::new(
+                            arg,
+                            SeccompCmpArgLen::Dword,
+                            SeccompCmpOp::Eq,
+                            v as u64,
+                        )
+                        .map_err(|e| anyhow!("seccomp condition: {e}"))
+                    };
+                    // both conditions hold (a rule's conditions are ANDed)
+                    SeccompRule::new(vec![c(0, libc::AF_NETLINK)?, c(2, p)?])
+                        .map_err(|e| anyhow!("seccomp rule: {e}"))
+                }
+            })
             .collect::<Result<_>>()?,
     );
     rules.insert(
@@ -431,6 +485,7 @@ mod tests {
 
     const SERVICES: &[&str] = &[
         "spa",
+        "spa-grant",
         "vpn",
         "tls-front",
         "control",
@@ -469,6 +524,7 @@ mod tests {
             .iter()
             .map(|(n, _)| *n)
             .chain(IOCTLS.iter().map(|(n, _)| *n))
+            .chain(SOCKETS.iter().map(|(n, _)| *n))
         {
             assert!(
                 name == "*" || SERVICES.contains(&name),
@@ -493,30 +549,77 @@ mod tests {
 
     const CHILD_ENV: &str = "GWOS_SECCOMP_TEST_CHILD";
 
-    /// Runs `child_under_filter` in a fresh process (this test binary again)
-    /// so the real filters can be installed without touching the harness.
+    /// Runs `child_under_filter` for `svc` in a fresh process (this test
+    /// binary again) so the real filters can be installed without touching
+    /// the harness; its output.
+    fn run_child(svc: &str) -> String {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "seccomp::tests::child_under_filter",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, svc)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && text.contains("seccomp child ok"),
+            "{svc}: {text}"
+        );
+        text
+    }
+
     #[test]
     fn installed_filters_in_a_fresh_process() {
         for svc in ["spa", "vpn"] {
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "seccomp::tests::child_under_filter",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(CHILD_ENV, svc)
-                .output()
-                .unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(
-                out.status.success() && text.contains("seccomp child ok"),
-                "{svc}: {text}"
+            run_child(svc);
+        }
+    }
+
+    /// The `socket(…)` results `child_under_filter` printed for `svc`.
+    fn sockets_line(svc: &str) -> String {
+        let text = run_child(svc);
+        // (the harness may print "test … ... " in front of the child's first line)
+        let at = text
+            .find("sockets: ")
+            .unwrap_or_else(|| panic!("{svc}: no sockets line in {text}"));
+        text[at..].lines().next().unwrap_or_default().to_owned()
+    }
+
+    /// F9: the internet-facing SPA parser may open no netlink socket at all
+    /// (it holds no CAP_NET_ADMIN either; its grants go through spa-grant).
+    #[test]
+    fn f9_spa_socket_netlink_route_refused() {
+        assert_eq!(
+            sockets_line("spa"),
+            "sockets: unix=ok inet=ok inet6=ok netlink_route=EPERM netlink_netfilter=EPERM netlink_audit=EPERM"
+        );
+    }
+
+    /// F9: netlink by protocol: nftables for spa-grant and vpn, routes for
+    /// vpn only; spa-grant has no IP sockets; no other service any netlink.
+    #[test]
+    fn f9_netlink_protocols_per_service() {
+        assert_eq!(
+            sockets_line("spa-grant"),
+            "sockets: unix=ok inet=EPERM inet6=EPERM netlink_route=EPERM netlink_netfilter=ok netlink_audit=EPERM"
+        );
+        assert_eq!(
+            sockets_line("vpn"),
+            "sockets: unix=ok inet=ok inet6=ok netlink_route=ok netlink_netfilter=ok netlink_audit=EPERM"
+        );
+        for svc in ["tls-front", "control"] {
+            assert_eq!(
+                sockets_line(svc),
+                "sockets: unix=ok inet=ok inet6=ok netlink_route=EPERM netlink_netfilter=EPERM netlink_audit=EPERM",
+                "{svc}"
             );
         }
     }
@@ -587,6 +690,26 @@ mod tests {
                 "clone(CLONE_NEWUSER)"
             );
             assert!(libc::syscall(libc::SYS_getppid) > 0);
+            let sock = |family: i32, kind: i32, protocol: i32| {
+                let fd = libc::syscall(libc::SYS_socket, family, kind, protocol);
+                match errno(fd) {
+                    None => {
+                        libc::close(fd as i32);
+                        "ok".to_string()
+                    }
+                    Some(libc::EPERM) => "EPERM".to_string(),
+                    Some(e) => format!("errno {e}"),
+                }
+            };
+            println!(
+                "sockets: unix={} inet={} inet6={} netlink_route={} netlink_netfilter={} netlink_audit={}",
+                sock(libc::AF_UNIX, libc::SOCK_STREAM, 0),
+                sock(libc::AF_INET, libc::SOCK_DGRAM, 0),
+                sock(libc::AF_INET6, libc::SOCK_DGRAM, 0),
+                sock(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE),
+                sock(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_NETFILTER),
+                sock(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_AUDIT),
+            );
             assert!(
                 libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_DGRAM, 0) >= 0,
                 "AF_UNIX"

@@ -16,6 +16,7 @@ type RunFn = fn(ServiceContext) -> anyhow::Result<()>;
 /// Every service this binary carries, by the name used in the service table.
 pub const SERVICES: &[(&str, RunFn)] = &[
     ("spa", gwos_spa::run),
+    ("spa-grant", gwos_netfilter::grant::run),
     ("vpn", gwos_vpn::run),
     ("tls-front", gwos_tls_front::run),
     ("control", gwos_control::run),

@@ -151,6 +151,8 @@ pub const SERVICE_UIDS: &[(&str, u32)] = &[
     ("vpn", 802),
     ("tls-front", 803),
     ("control", CONTROL_UID),
+    // the one privileged step of an SPA knock (gwos_netfilter::grant)
+    ("spa-grant", 805),
 ];
 
 /// `/run/gwos` is writable by every service, so a compromised service could

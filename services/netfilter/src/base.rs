@@ -1,10 +1,13 @@
 //! The base ruleset of table `inet gwos`, loaded by init at boot in one
 //! atomic batch (create-if-missing, delete, create): default-deny input with
-//! loopback, established/related, essential ICMP/ICMPv6, the SPA port, the
-//! control port for backend addresses, and whatever the SPA gate has put
-//! into `spa_v4`/`spa_v6` (`addr . l4proto . dport`, with timeouts); a
-//! rate-limited log of drops; forward (default deny, jump to `vpn_forward`);
-//! output accept; an empty nat `postrouting` chain.
+//! loopback, established/related, essential ICMP/ICMPv6 (router
+//! advertisements only with `accept_ra`), the tunnel interface told apart
+//! (`gw0` reaches only `tunnel_*_ports`, never the SPA or control port,
+//! whatever `backend` covers), the SPA port, the control port for backend
+//! addresses, and whatever the SPA gate has put into `spa_v4`/`spa_v6`
+//! (`addr . l4proto . dport`, with timeouts); a rate-limited log of drops;
+//! forward (default deny, jump to `vpn_forward`); output by socket uid
+//! ([`egress`]); an empty nat `postrouting` chain.
 
 use std::net::IpAddr;
 
@@ -39,6 +42,16 @@ pub struct BaseConfig {
     pub tls_port: u16,
     /// Public WireGuard port (SPA-gated like tls), if enabled.
     pub wg_public_port: Option<u16>,
+    /// The vpn's TUN interface: what arrives on it is tunnel traffic.
+    pub tunnel_interface: String,
+    /// Local ports the tunnel may reach (nothing else: no SPA, no control).
+    pub tunnel_tcp_ports: Vec<u16>,
+    pub tunnel_udp_ports: Vec<u16>,
+    /// The vpn's loopback UDP port, the one tls-front sends datagrams to.
+    pub vpn_port: u16,
+    /// Accept IPv6 router advertisements (off: no SLAAC addresses or
+    /// default routes from whoever is on the link).
+    pub accept_ra: bool,
 }
 
 impl Default for BaseConfig {
@@ -49,13 +62,18 @@ impl Default for BaseConfig {
             control_port: 2222,
             tls_port: 443,
             wg_public_port: None,
+            tunnel_interface: "gw0".into(),
+            tunnel_tcp_ports: Vec::new(),
+            tunnel_udp_ports: Vec::new(),
+            vpn_port: 51820,
+            accept_ra: false,
         }
     }
 }
 
 impl BaseConfig {
-    /// From the site config: `[firewall]` if present, else `[control] backend`/`listen`
-    /// and `[spa] port`.
+    /// From the site config: `[firewall]` if present, else `[control] backend`/`listen`,
+    /// `[spa] port` and `[vpn] interface`/`listen`/`public_listen`.
     pub fn from_site(site: &gwos_core::SiteConfig) -> anyhow::Result<Self> {
         if site.raw().contains_key("firewall") {
             return site.section("firewall");
@@ -81,6 +99,27 @@ impl BaseConfig {
             .and_then(|v| v.as_integer())
         {
             c.spa_port = u16::try_from(p)?;
+        }
+        if let Some(vpn) = raw.get("vpn").and_then(|v| v.as_table()) {
+            if let Some(i) = vpn.get("interface").and_then(|v| v.as_str()) {
+                c.tunnel_interface = i.into();
+            }
+            let port = |key: &str| -> anyhow::Result<Option<u16>> {
+                match vpn.get(key).and_then(|v| v.as_str()) {
+                    None => Ok(None),
+                    Some(l) => Ok(Some(
+                        l.parse::<std::net::SocketAddr>()
+                            .map_err(|e| anyhow::anyhow!("[vpn] {key} {l:?}: {e}"))?
+                            .port(),
+                    )),
+                }
+            };
+            if let Some(p) = port("listen")? {
+                c.vpn_port = p;
+            }
+            if let Some(p) = port("public_listen")? {
+                c.wg_public_port = Some(p);
+            }
         }
         Ok(c)
     }
@@ -160,8 +199,13 @@ pub fn load(cfg: &BaseConfig) -> Result<(), Error> {
             ],
         );
     }
-    // ICMPv6: unreachable, packet-too-big, time-exceeded, parameter-problem, echo-request, RS, RA, NS, NA
-    for ty in [1u8, 2, 3, 4, 128, 133, 134, 135, 136] {
+    // ICMPv6: unreachable, packet-too-big, time-exceeded, parameter-problem, echo-request, RS,
+    // NS, NA; RA only if configured (the gateway is IPv4-only unless told otherwise)
+    let mut icmpv6 = vec![1u8, 2, 3, 4, 128, 133, 135, 136];
+    if cfg.accept_ra {
+        icmpv6.push(134);
+    }
+    for ty in icmpv6 {
         rule(
             &mut b,
             "input",
@@ -173,6 +217,18 @@ pub fn load(cfg: &BaseConfig) -> Result<(), Error> {
             ],
         );
     }
+    // the tunnel: only the listed ports, then nothing (before SPA, control and the grants)
+    let tun = cfg.tunnel_interface.as_str();
+    for (proto, ports) in [(6u8, &cfg.tunnel_tcp_ports), (17, &cfg.tunnel_udp_ports)] {
+        for p in ports {
+            rule(
+                &mut b,
+                "input",
+                vec![iifname(tun), l4proto(proto), dport(*p), vec![accept()]],
+            );
+        }
+    }
+    rule(&mut b, "input", vec![iifname(tun), vec![counter(), drop()]]);
     rule(
         &mut b,
         "input",
@@ -248,6 +304,90 @@ pub fn load(cfg: &BaseConfig) -> Result<(), Error> {
         vec![ct_state(CT_ESTABLISHED | CT_RELATED), vec![accept()]],
     );
     rule(&mut b, "forward", vec![vec![jump("vpn_forward")]]);
+    for parts in egress(cfg) {
+        rule(&mut b, "output", parts);
+    }
     b.commit()
         .map_err(|e| Error::Netlink("loading the base ruleset", e))
+}
+
+/// A gateway service's fixed uid (gwos_core::rpc::SERVICE_UIDS).
+fn service_uid(name: &str) -> u32 {
+    gwos_core::rpc::SERVICE_UIDS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, u)| *u)
+        .unwrap_or_else(|| panic!("{name} is not in gwos_core::rpc::SERVICE_UIDS"))
+}
+
+/// The output chain's rules: what each service's socket uid may send.
+/// spa (parses the internet's packets) and spa-grant send no IP packet at
+/// all; tls-front answers its clients and sends datagrams to the vpn's
+/// loopback port; vpn sends from its own UDP ports (and answers); control
+/// only answers. Root (PID 1) and packets the kernel makes without a socket
+/// (RSTs, ICMP errors) pass as before (policy accept); uids not listed here
+/// are not restricted yet.
+pub fn egress(cfg: &BaseConfig) -> Vec<Vec<Vec<crate::nl::Expr>>> {
+    let replies = || ct_state(CT_ESTABLISHED | CT_RELATED);
+    let (spa, vpn, tls, control, grant) = (
+        service_uid("spa"),
+        service_uid("vpn"),
+        service_uid("tls-front"),
+        service_uid("control"),
+        service_uid("spa-grant"),
+    );
+    let mut rules = vec![
+        vec![skuid(spa), vec![counter(), drop()]],
+        vec![skuid(grant), vec![counter(), drop()]],
+        vec![skuid(tls), replies(), vec![accept()]],
+        vec![
+            skuid(tls),
+            oifname("lo", true),
+            l4proto(17),
+            dport(cfg.vpn_port),
+            vec![accept()],
+        ],
+        vec![skuid(tls), vec![counter(), drop()]],
+        vec![skuid(vpn), replies(), vec![accept()]],
+    ];
+    for p in std::iter::once(cfg.vpn_port).chain(cfg.wg_public_port) {
+        rules.push(vec![skuid(vpn), l4proto(17), sport(p), vec![accept()]]);
+    }
+    rules.push(vec![skuid(vpn), vec![counter(), drop()]]);
+    rules.push(vec![skuid(control), replies(), vec![accept()]]);
+    rules.push(vec![skuid(control), vec![counter(), drop()]]);
+    rules
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_site_takes_the_tunnel_and_vpn_ports_from_vpn() {
+        let site = gwos_core::SiteConfig::parse(
+            "[control]\nbackend = [\"10.0.0.0/8\"]\n[vpn]\ninterface = \"wg9\"\nlisten = \"127.0.0.1:5000\"\npublic_listen = \"0.0.0.0:51821\"\n",
+        )
+        .unwrap();
+        let c = BaseConfig::from_site(&site).unwrap();
+        assert_eq!(
+            (c.tunnel_interface.as_str(), c.vpn_port, c.wg_public_port),
+            ("wg9", 5000, Some(51821))
+        );
+        assert!(!c.accept_ra && c.tunnel_tcp_ports.is_empty());
+        let bad = gwos_core::SiteConfig::parse("[vpn]\nlisten = \"nowhere\"\n").unwrap();
+        let e = format!("{:#}", BaseConfig::from_site(&bad).unwrap_err());
+        assert!(e.starts_with("[vpn] listen \"nowhere\":"), "{e}");
+    }
+
+    #[test]
+    fn egress_restricts_each_service_and_ends_with_its_drop() {
+        let rules = egress(&BaseConfig {
+            wg_public_port: Some(51821),
+            ..Default::default()
+        });
+        // spa, spa-grant: drop; tls-front: replies, lo→vpn, drop; vpn: replies,
+        // two source ports, drop; control: replies, drop
+        assert_eq!(rules.len(), 11);
+    }
 }

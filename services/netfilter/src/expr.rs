@@ -16,6 +16,7 @@ const CMP_EQ: u32 = 0;
 const CMP_NEQ: u32 = 1;
 const META_IIFNAME: u32 = 6;
 const META_OIFNAME: u32 = 7;
+const META_SKUID: u32 = 10;
 const META_NFPROTO: u32 = 15;
 const META_L4PROTO: u32 = 16;
 pub const NFPROTO_IPV4: u8 = 2;
@@ -138,6 +139,24 @@ pub fn ipv4_daddr_not(addr: std::net::Ipv4Addr) -> Vec<Expr> {
 /// `masquerade` (nat chains at the postrouting hook only).
 pub fn masquerade() -> Expr {
     e("masq", vec![])
+}
+
+/// `meta skuid N`: the packet's local socket belongs to a process with
+/// (fs)uid N. Packets without a socket or file (kernel-made RSTs and ICMP
+/// errors, time-wait answers) never match.
+pub fn skuid(uid: u32) -> Vec<Expr> {
+    vec![
+        meta(META_SKUID, REG_1),
+        cmp(true, uid.to_ne_bytes().to_vec()),
+    ]
+}
+
+/// `th sport N` (after an l4proto match).
+pub fn sport(port: u16) -> Vec<Expr> {
+    vec![
+        payload(false, 0, 2, REG_1),
+        cmp(true, port.to_be_bytes().to_vec()),
+    ]
 }
 
 /// `th dport N` (after an l4proto match).

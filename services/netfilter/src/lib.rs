@@ -3,11 +3,14 @@
 //! and sessions use ([`spa_allow`], [`set_backend`], [`list_elements`]) and
 //! the vpn's per-user forward and masquerade chains ([`vpn::apply`]), all
 //! over netlink through libnftnl/libmnl ([`nl`]); no `nft` binary is needed.
+//! spa holds no CAP_NET_ADMIN: its grants go through the `spa-grant`
+//! service ([`grant`]), which adds one bounded set element per request.
 //! `gwos-nft-base` (src/bin) loads the same base ruleset from a site.toml so
 //! host tests use exactly the image's rules inside their namespaces.
 
 pub mod base;
 mod expr;
+pub mod grant;
 pub mod nl;
 pub mod vpn;
 
@@ -27,7 +30,8 @@ pub enum Error {
 }
 
 /// Transport protocol of an SPA grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
     Udp,

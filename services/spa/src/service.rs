@@ -5,12 +5,20 @@
 //! cache lookup → per-source token bucket (only then HMAC) → for each user
 //! whose `sources` match: HMAC (constant time), decrypt, digest, fields →
 //! replay insert (persisted) → age window → user name → allow IP rules →
-//! ports → `spa_allow` for each requested port with the user's timeout.
+//! ports → one `spa-grant` request per requested port with the user's
+//! timeout (spa holds no CAP_NET_ADMIN: `gwos_netfilter::grant` adds the
+//! element for it).
+//!
+//! Users with keys come from `users_file` (in the image
+//! `/etc/gwos/secrets/spa.toml`, mode 0400, owned by spa's uid: `gwos build`
+//! moves `[spa] users` there, out of the world-readable site.toml), from
+//! `[spa] users` if a site config still has them (host tests), and from the
+//! state file set over RPC.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -40,9 +48,37 @@ pub struct SpaConfig {
     pub rate_per_sec: f64,
     pub burst: f64,
     pub max_replay_entries: usize,
-    /// Program nftables (off only for tests without a table).
+    /// Ask spa-grant for nftables grants (off only for tests without a table).
     pub firewall: bool,
     pub users: Vec<UserConfig>,
+    /// TOML file of `[[users]]` (with keys) readable only by spa; a missing
+    /// file means none.
+    pub users_file: PathBuf,
+}
+
+/// `users_file`'s contents.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretUsers {
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+/// Where `gwos build` puts spa's users (gwos_core's per-service secrets dir).
+pub const USERS_FILE: &str = "/etc/gwos/secrets/spa.toml";
+
+/// Reads `path`'s users; a missing file has none, any other failure is an error.
+pub fn load_secret_users(path: &std::path::Path) -> Result<Vec<UserConfig>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading spa's users file {}", path.display()))
+        }
+    };
+    let s: SecretUsers = toml::from_str(&text)
+        .with_context(|| format!("parsing spa's users file {}", path.display()))?;
+    Ok(s.users)
 }
 
 impl Default for SpaConfig {
@@ -59,6 +95,7 @@ impl Default for SpaConfig {
             max_replay_entries: 100_000,
             firewall: true,
             users: Vec::new(),
+            users_file: PathBuf::from(USERS_FILE),
         }
     }
 }
@@ -85,6 +122,8 @@ pub struct Gate {
     limiter: RateLimiter,
     log_limiter: RateLimiter,
     suppressed: u64,
+    /// The run dir holding `spa-grant.sock`.
+    run_dir: PathBuf,
 }
 
 fn deny(user: Option<&str>, stage: Stage, reason: impl Into<String>) -> Decision {
@@ -107,7 +146,14 @@ impl Gate {
             limiter,
             log_limiter: RateLimiter::new(1.0, 5.0, 4096),
             suppressed: 0,
+            run_dir: PathBuf::from(gwos_core::context::RUN_DIR),
         }
+    }
+
+    /// Grants go to `<run_dir>/spa-grant.sock`.
+    pub fn with_run_dir(mut self, run_dir: PathBuf) -> Self {
+        self.run_dir = run_dir;
+        self
     }
 
     /// Decides one datagram from `src` at Unix time `now`.
@@ -243,18 +289,18 @@ impl Gate {
                 let mut errors = Vec::new();
                 if self.cfg.firewall {
                     for p in &ports {
-                        let proto = if p.tcp {
-                            gwos_netfilter::Proto::Tcp
-                        } else {
-                            gwos_netfilter::Proto::Udp
-                        };
-                        if let Err(e) = gwos_netfilter::spa_allow(
+                        let grant = gwos_netfilter::grant::Grant {
                             addr,
-                            proto,
-                            p.port,
-                            Duration::from_secs(timeout_secs),
-                        ) {
-                            errors.push(e.to_string());
+                            proto: if p.tcp {
+                                gwos_netfilter::Proto::Tcp
+                            } else {
+                                gwos_netfilter::Proto::Udp
+                            },
+                            port: p.port,
+                            timeout_secs,
+                        };
+                        if let Err(e) = gwos_netfilter::grant::request(&self.run_dir, &grant) {
+                            errors.push(format!("{e:#}"));
                         }
                     }
                 }
@@ -463,7 +509,19 @@ fn bind(cfg: &SpaConfig) -> Result<UdpSocket> {
 }
 
 pub fn run(ctx: ServiceContext) -> Result<()> {
-    let cfg: SpaConfig = ctx.site.section("spa")?;
+    let mut cfg: SpaConfig = ctx.site.section("spa")?;
+    let from_file = load_secret_users(&cfg.users_file)?;
+    if let Some(dup) = from_file
+        .iter()
+        .find(|f| cfg.users.iter().any(|u| u.user == f.user))
+    {
+        anyhow::bail!(
+            "spa user {:?} is in both [spa] users and {}; keep one",
+            dup.user,
+            cfg.users_file.display()
+        );
+    }
+    cfg.users.extend(from_file);
     anyhow::ensure!(
         cfg.max_age_secs > 0 && cfg.max_age_secs <= 3600,
         "[spa] max_age_secs must be 1..=3600"
@@ -509,7 +567,7 @@ pub fn run(ctx: ServiceContext) -> Result<()> {
             .field("listen", sock.local_addr()?.to_string())
             .field("users", users.read().map(|u| u.len()).unwrap_or(0)),
     );
-    let mut gate = Gate::new(cfg, users, replay);
+    let mut gate = Gate::new(cfg, users, replay).with_run_dir(ctx.run_dir.clone());
     let mut buf = vec![0u8; 2048];
     loop {
         let (n, src) = match sock.recv_from(&mut buf) {
@@ -725,5 +783,29 @@ mod tests {
         assert!(call("spa_user_delete", json!({"user": "bob"})).ok);
         assert!(!call("spa_user_delete", json!({"user": "bob"})).ok);
         assert_eq!(users.read().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn users_file_is_read_and_a_missing_one_has_no_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spa.toml");
+        assert_eq!(load_secret_users(&path).unwrap(), vec![]);
+        std::fs::write(
+            &path,
+            format!(
+                "[[users]]\nuser = \"alice\"\nkey_base64 = \"{K}\"\nhmac_key_base64 = \"{H}\"\n"
+            ),
+        )
+        .unwrap();
+        let users = load_secret_users(&path).unwrap();
+        assert_eq!(users.len(), 1);
+        assert_eq!(users[0].user, "alice");
+        std::fs::write(&path, "[[users]]\nuser = \"alice\"\nkey = \"x\"\n").unwrap();
+        let e = format!("{:#}", load_secret_users(&path).unwrap_err());
+        assert!(
+            e.starts_with(&format!("parsing spa's users file {}", path.display()))
+                && e.contains("unknown field `key`"),
+            "{e}"
+        );
     }
 }

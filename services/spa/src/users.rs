@@ -1,4 +1,4 @@
-//! SPA users (stanzas): from `[spa] users` in the site config and from
+//! SPA users (stanzas): from spa's users file (`/etc/gwos/secrets/spa.toml`), `[spa] users` in the site config and from
 //! `<state_dir>/users.json` (set over RPC, written atomically; a state user
 //! replaces a site user of the same name). Keys never leave this module
 //! except as SHA-256 fingerprints.

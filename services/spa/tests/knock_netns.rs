@@ -59,7 +59,7 @@ fn fwknop_client_opens_tcp_443_for_x_only_then_closes_and_replay_is_refused() {
     std::fs::write(
         &site,
         format!(
-            "[control]\nbackend = [\"192.0.2.0/24\"]\n\n[spa]\nport = 62201\n\n[[spa.users]]\nuser = \"alice\"\nkey_base64 = \"{K}\"\nhmac_key_base64 = \"{H}\"\nports = [\"tcp/443\"]\ntimeout_secs = 3\n"
+            "[control]\nbackend = [\"192.0.2.0/24\"]\n\n[spa]\nport = 62201\n\n[[spa.users]]\nuser = \"alice\"\nkey_base64 = \"{K}\"\nhmac_key_base64 = \"{H}\"\nports = [\"tcp/443\"]\ntimeout_secs = 3\n\n[spa-grant]\nspa_uid = 0\n"
         ),
     )
     .unwrap();
@@ -88,6 +88,24 @@ fn fwknop_client_opens_tcp_443_for_x_only_then_closes_and_replay_is_refused() {
     let events = tmp.path().join("events.jsonl");
     let state = tmp.path().join("state");
     let run = tmp.path().join("run");
+    // spa holds no CAP_NET_ADMIN: spa-grant adds the element for it (spa
+    // runs as root here, hence `spa_uid = 0` above)
+    procs.spawn(
+        Command::new("ip")
+            .args(["netns", "exec", &gw])
+            .arg(&gwosd)
+            .args(["run", "spa-grant", "--config"])
+            .arg(&site)
+            .arg("--state-dir")
+            .arg(tmp.path().join("grant-state"))
+            .arg("--run-dir")
+            .arg(&run)
+            .stdout(Stdio::null()),
+    );
+    let grant_sock = run.join("spa-grant.sock");
+    wait_until("spa-grant.sock", Duration::from_secs(10), || {
+        grant_sock.exists()
+    });
     procs.spawn(
         Command::new("ip")
             .args(["netns", "exec", &gw])

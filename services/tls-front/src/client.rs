@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::frame;
@@ -305,14 +305,12 @@ pub async fn run_connect(opts: ConnectOptions) -> Result<()> {
             }
         }
         let mut dec = frame::Decoder::default();
-        let mut inbuf = vec![0u8; 64 * 1024];
         let mut dgram = vec![0u8; frame::MAX_FRAME];
         let err: anyhow::Error = loop {
             tokio::select! {
-                r = rd.read(&mut inbuf) => match r {
+                r = dec.read_from(&mut rd) => match r {
                     Ok(0) => break anyhow::anyhow!("gateway closed the connection"),
-                    Ok(n) => {
-                        dec.push(&inbuf[..n]);
+                    Ok(_) => {
                         loop {
                             match dec.next_frame() {
                                 Ok(Some(f)) => { let _ = udp.send_to(f, wg).await; }

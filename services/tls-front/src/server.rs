@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use crate::frame;
@@ -234,17 +234,15 @@ where
     W: tokio::io::AsyncWrite + Unpin,
 {
     let mut dec = frame::Decoder::default();
-    let mut inbuf = vec![0u8; 64 * 1024];
     let mut dgram = vec![0u8; frame::MAX_FRAME];
     let mut out = Vec::with_capacity(frame::MAX_FRAME + 2);
     loop {
         tokio::select! {
-            r = tokio::time::timeout(idle, rd.read(&mut inbuf)) => {
+            r = tokio::time::timeout(idle, dec.read_from(rd)) => {
                 let n = r.map_err(|_| anyhow::anyhow!("idle"))??;
                 if n == 0 {
                     return Ok(());
                 }
-                dec.push(&inbuf[..n]);
                 while let Some(f) = dec.next_frame()? {
                     let _ = udp.send(f).await;
                 }

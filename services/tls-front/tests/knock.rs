@@ -1,6 +1,6 @@
 //! `gwos connect --knock-…` against a gateway namespace with the image's base
 //! ruleset (loaded by `gwos-nft-base`: tcp/443 closed unless the SPA gate
-//! opened it for a source), real `gwosd run spa` and `gwosd run tls-front`,
+//! opened it for a source), real `gwosd run spa-grant`, `gwosd run spa` and `gwosd run tls-front`,
 //! and a UDP echo standing in for the vpn. From a client namespace:
 //! - without the knock options, `gwos-connect` never gets a TLS connection
 //!   (its SYNs are dropped) and no datagram comes back;
@@ -236,7 +236,7 @@ fn connect_knocks_before_every_connection_and_only_then_gets_through() {
     std::fs::write(
         &site,
         format!(
-            "[control]\nbackend = [\"192.0.2.0/24\"]\n\n[spa]\nport = 62201\n\n[[spa.users]]\nuser = \"alice\"\nkey_base64 = \"{K}\"\nhmac_key_base64 = \"{H}\"\nports = [\"tcp/443\"]\ntimeout_secs = 2\n\n[tls-front]\nlisten = \"0.0.0.0:443\"\nvpn = \"127.0.0.1:51820\"\nidle_timeout_secs = 4\nhandshake_timeout_secs = 5\n"
+            "[control]\nbackend = [\"192.0.2.0/24\"]\n\n[spa]\nport = 62201\n\n[[spa.users]]\nuser = \"alice\"\nkey_base64 = \"{K}\"\nhmac_key_base64 = \"{H}\"\nports = [\"tcp/443\"]\ntimeout_secs = 2\n\n[spa-grant]\nspa_uid = 0\n\n[tls-front]\nlisten = \"0.0.0.0:443\"\nvpn = \"127.0.0.1:51820\"\nidle_timeout_secs = 4\nhandshake_timeout_secs = 5\n"
         ),
     )
     .unwrap();
@@ -274,7 +274,9 @@ fn connect_knocks_before_every_connection_and_only_then_gets_through() {
     );
     let run = dir.join("run");
     let events = dir.join("events.jsonl");
-    for svc in ["spa", "tls-front"] {
+    // spa-grant first: spa holds no CAP_NET_ADMIN and asks it for each grant
+    // (spa runs as root here, hence `spa_uid = 0`)
+    for svc in ["spa-grant", "spa", "tls-front"] {
         let ev = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

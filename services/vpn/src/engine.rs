@@ -58,6 +58,14 @@ pub struct Engine {
     dns: std::sync::RwLock<Vec<Ipv4Addr>>,
 }
 
+/// Whether boringtun's answer is a cookie reply (message type 3).
+fn is_cookie_reply(pkt: &[u8]) -> bool {
+    matches!(
+        Tunn::parse_incoming_packet(pkt),
+        Ok(Packet::PacketCookieReply(_))
+    )
+}
+
 fn new_tunn(secret: &StaticSecret, key: [u8; 32], slot: u32) -> Tunn {
     Tunn::new(secret.clone(), PublicKey::from(key), None, None, slot, None)
 }
@@ -237,20 +245,26 @@ impl Engine {
     }
 
     /// One datagram from socket `idx`.
+    ///
+    /// The peer's endpoint moves to `src` only once boringtun authenticated
+    /// the datagram: a data packet (keepalives too), or a handshake init or
+    /// response it accepted. A cookie reply (what a peer under handshake load
+    /// answers before checking anything but mac1) goes back to `src` and
+    /// changes nothing, as in WireGuard itself.
     pub fn on_datagram(&self, idx: usize, src: SocketAddr, data: &[u8], out: &mut [u8]) {
-        let slot = match Tunn::parse_incoming_packet(data) {
+        let (slot, is_data) = match Tunn::parse_incoming_packet(data) {
             Ok(Packet::HandshakeInit(ref init)) => {
                 match parse_handshake_anon(&self.secret, &self.public, init) {
                     Ok(half) => match self.lock().by_key.get(&half.peer_static_public) {
-                        Some(s) => *s,
+                        Some(s) => (*s, false),
                         None => return,
                     },
                     Err(_) => return,
                 }
             }
-            Ok(Packet::HandshakeResponse(p)) => p.receiver_idx >> 8,
-            Ok(Packet::PacketCookieReply(p)) => p.receiver_idx >> 8,
-            Ok(Packet::PacketData(p)) => p.receiver_idx >> 8,
+            Ok(Packet::HandshakeResponse(p)) => (p.receiver_idx >> 8, false),
+            Ok(Packet::PacketCookieReply(p)) => (p.receiver_idx >> 8, false),
+            Ok(Packet::PacketData(p)) => (p.receiver_idx >> 8, true),
             Err(_) => return,
         };
         let mut guard = self.lock();
@@ -258,21 +272,32 @@ impl Engine {
             return;
         };
         let had_session = peer.tunn.stats().0.is_some();
+        let mut authenticated = false;
         let mut first = true;
         loop {
             let input: &[u8] = if first { data } else { &[] };
             let res = peer.tunn.decapsulate(Some(src.ip()), input, out);
-            first = false;
+            let was_first = std::mem::replace(&mut first, false);
             match res {
-                TunnResult::Done => break,
-                TunnResult::Err(_) => return,
-                TunnResult::WriteToNetwork(pkt) => {
-                    peer.endpoint = Some((idx, src));
+                TunnResult::Done => {
+                    // a keepalive: decrypted, so authenticated
+                    authenticated |= was_first && is_data;
+                    break;
+                }
+                TunnResult::Err(_) => break,
+                TunnResult::WriteToNetwork(pkt) if was_first && is_cookie_reply(pkt) => {
                     self.send((idx, src), pkt);
-                    continue; // flush queued packets
+                    return;
+                }
+                TunnResult::WriteToNetwork(pkt) => {
+                    // a handshake response or keepalive for an accepted
+                    // handshake message, then any queued packets
+                    authenticated = true;
+                    self.send((idx, src), pkt);
+                    continue;
                 }
                 TunnResult::WriteToTunnelV4(pkt, _) => {
-                    peer.endpoint = Some((idx, src));
+                    authenticated = true;
                     match self.inner_allowed(peer, pkt) {
                         Ok(()) => {
                             peer.last_active = Instant::now();
@@ -285,14 +310,17 @@ impl Engine {
                     break;
                 }
                 TunnResult::WriteToTunnelV6(..) => {
+                    authenticated = true;
                     peer.dropped_policy += 1;
                     break;
                 }
             }
         }
+        if authenticated {
+            peer.endpoint = Some((idx, src));
+        }
         if !had_session && peer.tunn.stats().0.is_some() {
             peer.last_active = Instant::now();
-            peer.endpoint = Some((idx, src));
             let name = peer.user.name.clone();
             let addr = peer.user.address;
             drop(guard);
@@ -400,3 +428,7 @@ impl Engine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;
