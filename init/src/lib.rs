@@ -13,6 +13,7 @@ pub mod cmdline;
 pub mod console;
 pub mod dm;
 pub mod gpt_find;
+pub mod initsock;
 pub mod mounts;
 pub mod net;
 pub mod sandbox;

@@ -52,6 +52,9 @@ pub fn main(t0_ms: u64) -> ! {
         Err(e) => console::fatal(&format!("service table {SERVICES}: {e:#}")),
     };
     tun_device(&table);
+    // After /run/gwos exists (state::mount_var) and before any service runs,
+    // so no service can bind init.sock first.
+    crate::initsock::spawn(std::path::Path::new(gwos_core::context::RUN_DIR));
     let buttons = shutdown::watch_power_button();
     console::say(&format!(
         "watching {buttons} input devices for the power button"
@@ -235,6 +238,9 @@ fn run_loop(
             Some(libc::SIGTERM) | Some(libc::SIGPWR) => return shutdown::Request::PowerOff,
             Some(libc::SIGINT) => return shutdown::Request::Reboot,
             _ => {}
+        }
+        if crate::initsock::take_reboot_request() {
+            return shutdown::Request::Reboot;
         }
         if shutdown::power_button_pressed() {
             console::say("power button pressed");
