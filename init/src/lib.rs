@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod cmdline;
 pub mod console;
 pub mod dm;
+pub mod floor;
 pub mod gpt_find;
 pub mod initsock;
 pub mod mounts;
