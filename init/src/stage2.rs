@@ -395,11 +395,15 @@ impl Boot {
     }
 
     fn publish(&self) {
-        if let Err(e) = bless::publish(
+        match bless::publish(
             std::path::Path::new(gwos_core::context::RUN_DIR),
             &self.status,
         ) {
-            console::say(&format!("boot.json: {e:#}"));
+            Ok(()) => console::say(&format!(
+                "boot.json: {}",
+                serde_json::to_string(&self.status).unwrap_or_default()
+            )),
+            Err(e) => console::say(&format!("boot.json: {e:#}")),
         }
     }
 
