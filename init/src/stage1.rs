@@ -461,7 +461,7 @@ pub fn main(t0_ms: u64) -> ! {
     ));
     let info = match verify_and_mount(&mut Machine) {
         Ok(i) => i,
-        Err(e) => console::fatal(&e.to_string()),
+        Err(e) => refuse(&e),
     };
     if let Err(e) = switch_root() {
         console::fatal(&format!("switch root: {e:#}"));
@@ -477,6 +477,23 @@ pub fn main(t0_ms: u64) -> ! {
     console::fatal(&format!("exec /sbin/init in the verified root: {e:?}"))
 }
 
+/// FATAL for a refused slot. On a trial boot (a boot-counted UKI) the
+/// machine reboots instead of powering off, so systemd-boot counts the try
+/// and falls back to the good slot once the tries are used up.
+fn refuse(e: &Refusal) -> ! {
+    if let Ok(Some(entry)) = crate::bless::trial_entry() {
+        let msg = format!("FATAL: {e}");
+        console::say(&msg);
+        console::kmsg(&msg);
+        console::say(&format!(
+            "trial boot of {} ({} tries left): rebooting so systemd-boot counts this try",
+            entry.file, entry.tries_left
+        ));
+        crate::shutdown::halt(true)
+    }
+    console::fatal(&e.to_string())
+}
+
 fn mount_early() -> Result<()> {
     mounts::fs_once("proc", "/proc", "proc", mounts::SAFE, None)?;
     mounts::fs_once("sysfs", "/sys", "sysfs", mounts::SAFE, None)?;
@@ -487,6 +504,17 @@ fn mount_early() -> Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("mode=0755"),
     )?;
+    if std::path::Path::new("/sys/firmware/efi").exists() {
+        // To read LoaderBootCountPath (is this a trial boot?) if the slot is
+        // refused; the same mount stage 2 makes (it moves along with /sys).
+        let _ = mounts::fs_once(
+            "efivarfs",
+            "/sys/firmware/efi/efivars",
+            "efivarfs",
+            mounts::SAFE,
+            None,
+        );
+    }
     console::set_init_mode();
     Ok(())
 }
