@@ -91,10 +91,15 @@ fn ab_trial_boot_blessed_after_window_raises_floor() {
     let c = q
         .wait_for_from(
             ready_at,
-            "gwos: security floor raised from 0 to 2",
+            "\"security_floor\":2,\"trial\":false",
             Duration::from_secs(30),
         )
         .unwrap();
+    assert!(
+        c[ready_at..].contains("gwos: security floor raised from 0 to 2"),
+        "{}",
+        &c[ready_at..]
+    );
     let st = c.rfind("gwos: boot.json: ").unwrap();
     let status: serde_json::Value =
         serde_json::from_str(c[st + 17..].lines().next().unwrap()).unwrap();
