@@ -91,7 +91,8 @@ fn ab_trial_boot_blessed_after_window_raises_floor() {
     let c = q
         .wait_for_from(
             ready_at,
-            "\"security_floor\":2,\"trial\":false",
+            // The end of the line (the console is written byte by byte).
+            "\"security_floor\":2,\"trial\":false,\"tries_left\":null,\"blessed\":true,\"last_bad\":null,\"development\":true}",
             Duration::from_secs(30),
         )
         .unwrap();
