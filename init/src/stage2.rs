@@ -11,6 +11,7 @@ use nix::mount::MsFlags;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 
+use crate::stage1::BootInfo;
 use crate::supervisor::{table, Supervisor};
 use crate::{bless, cgroup, cmdline, console, gpt_find, mounts, net, shutdown, state, sysctl};
 
@@ -44,14 +45,25 @@ pub fn main(t0_ms: u64) -> ! {
         Ok(s) => s,
         Err(e) => console::fatal(&format!("{e:#}")),
     };
+    let boot_cfg = match site
+        .section::<bless::BootConfig>("boot")
+        .and_then(|c| c.validate().map(|_| c))
+    {
+        Ok(c) => c,
+        Err(e) => console::fatal(&format!("{e:#}")),
+    };
     if let Err(e) = harden_and_connect(&site) {
         console::fatal(&format!("{e:#}"));
     }
+    let mut boot = Boot::new(boot_info(), boot_cfg, development(&site), esp);
     let table = match load_table() {
         Ok(t) => t,
         Err(e) => console::fatal(&format!("service table {SERVICES}: {e:#}")),
     };
     tun_device(&table);
+    // After /run/gwos exists (state::mount_var) and before any service runs,
+    // so no service can bind init.sock first.
+    crate::initsock::spawn(std::path::Path::new(gwos_core::context::RUN_DIR));
     let buttons = shutdown::watch_power_button();
     console::say(&format!(
         "watching {buttons} input devices for the power button"
@@ -61,7 +73,7 @@ pub fn main(t0_ms: u64) -> ! {
         Err(e) => console::fatal(&format!("{e:#}")),
     };
     console::say(&format!("supervising {} services", sup.units.len()));
-    let req = run_loop(&mut sup, &signals, t0_ms, esp.as_ref());
+    let req = run_loop(&mut sup, &signals, t0_ms, &mut boot);
     stop(&mut sup, req)
 }
 
@@ -226,7 +238,7 @@ fn run_loop(
     sup: &mut Supervisor,
     signals: &SigSet,
     t0_ms: u64,
-    esp: Option<&gpt_find::Part>,
+    boot: &mut Boot,
 ) -> shutdown::Request {
     let mut ready = false;
     let mut test_killed = false;
@@ -235,6 +247,9 @@ fn run_loop(
             Some(libc::SIGTERM) | Some(libc::SIGPWR) => return shutdown::Request::PowerOff,
             Some(libc::SIGINT) => return shutdown::Request::Reboot,
             _ => {}
+        }
+        if crate::initsock::take_reboot_request() {
+            return shutdown::Request::Reboot;
         }
         if shutdown::power_button_pressed() {
             console::say("power button pressed");
@@ -250,18 +265,229 @@ fn run_loop(
                 "ready slot={slot} version={} boot_ms={ms}",
                 os_version()
             ));
-            match bless::bless(esp) {
-                Ok(s) => console::say(&format!("boot blessing: {s}")),
-                Err(e) => console::say(&format!(
-                    "boot blessing FAILED: {e:#} (systemd-boot will count this boot as a try)"
-                )),
-            }
+            boot.on_ready();
+        }
+        if let Some(req) = boot.tick(sup) {
+            return req;
         }
         if ready && !test_killed && cmdline::test_flag("supervisor") {
             if let Some(pid) = sup.pid_of("selftest") {
                 test_killed = true;
                 console::say(&format!("TEST: sending SIGKILL to selftest pid {pid}"));
                 let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// What stage 1 verified (GWOS_BOOT); a fallback from the command line and
+/// os-release when it is missing (the floor is then not touched).
+fn boot_info() -> BootInfo {
+    if let Some(i) = std::env::var(crate::stage1::BOOT_INFO_ENV)
+        .ok()
+        .and_then(|v| serde_json::from_str::<BootInfo>(&v).ok())
+    {
+        return i;
+    }
+    console::say("no boot info from stage 1: the security floor is left as it is");
+    BootInfo {
+        slot: cmdline::get("gwos.slot").unwrap_or_default(),
+        version: 0,
+        version_id: os_version(),
+        manifest_floor: 0,
+        stored_floor: 0,
+        disk: String::new(),
+        root_hash: cmdline::get("gwos.roothash").unwrap_or_default(),
+    }
+}
+
+/// A development-key image: `gwos build` adds the dev control key to the
+/// site config with a comment starting "DEVELOPMENT".
+fn development(site: &gwos_core::SiteConfig) -> bool {
+    site.raw()
+        .get("control")
+        .and_then(|c| c.get("keys"))
+        .and_then(|k| k.as_array())
+        .is_some_and(|keys| {
+            keys.iter().any(|k| {
+                k.get("comment")
+                    .and_then(|c| c.as_str())
+                    .is_some_and(|c| c.starts_with("DEVELOPMENT"))
+            })
+        })
+}
+
+/// The blessing side of the run loop: publishes boot.json, blesses a trial
+/// boot once the gate says so (bless::decide), or gives up and reboots.
+struct Boot {
+    info: BootInfo,
+    cfg: bless::BootConfig,
+    entry: Option<bless::Entry>,
+    esp: Option<gpt_find::Part>,
+    status: bless::BootStatus,
+    started: Instant,
+    healthy_since: Option<Duration>,
+    done: bool,
+}
+
+impl Boot {
+    fn new(
+        info: BootInfo,
+        cfg: bless::BootConfig,
+        development: bool,
+        esp: Option<gpt_find::Part>,
+    ) -> Boot {
+        let entry = match bless::trial_entry() {
+            Ok(e) => e,
+            Err(e) => {
+                console::say(&format!(
+                    "boot counting: {e:#}; treating this boot as not counted"
+                ));
+                None
+            }
+        };
+        let last_bad = match gwos_core::state::read_json::<bless::LastBad>(std::path::Path::new(
+            bless::LAST_BAD,
+        )) {
+            Ok(v) => v,
+            Err(e) => {
+                console::say(&format!("{}: {e:#}", bless::LAST_BAD));
+                None
+            }
+        };
+        if let Some(lb) = &last_bad {
+            console::say(&format!(
+                "last bad boot: slot {} version {}: {}",
+                lb.slot, lb.version_id, lb.reason
+            ));
+        }
+        let status = bless::BootStatus {
+            slot: info.slot.to_uppercase(),
+            version: info.version,
+            version_id: info.version_id.clone(),
+            security_floor: info.stored_floor,
+            trial: entry.is_some(),
+            tries_left: entry.as_ref().map(|e| e.tries_left),
+            blessed: entry.is_none(),
+            last_bad,
+            development,
+        };
+        let mut b = Boot {
+            info,
+            cfg,
+            entry,
+            esp,
+            status,
+            started: Instant::now(),
+            healthy_since: None,
+            done: false,
+        };
+        match &b.entry {
+            Some(e) => console::say(&format!(
+                "trial boot of {} ({} tries left): blessing after {} s of healthy services, or rebooting unblessed at {} s",
+                e.file, e.tries_left, b.cfg.bless_after_secs, b.cfg.bless_deadline_secs
+            )),
+            // An already blessed slot: its floor applies.
+            None => b.raise_floor(),
+        }
+        b.publish();
+        b
+    }
+
+    fn publish(&self) {
+        match bless::publish(
+            std::path::Path::new(gwos_core::context::RUN_DIR),
+            &self.status,
+        ) {
+            Ok(()) => console::say(&format!(
+                "boot.json: {}",
+                serde_json::to_string(&self.status).unwrap_or_default()
+            )),
+            Err(e) => console::say(&format!("boot.json: {e:#}")),
+        }
+    }
+
+    fn raise_floor(&mut self) {
+        if self.info.disk.is_empty() {
+            return;
+        }
+        match bless::raise_floor(&self.info.disk, self.info.manifest_floor, self.info.version) {
+            Ok((old, new)) => {
+                self.status.security_floor = new;
+                if new != old {
+                    console::say(&format!("security floor raised from {old} to {new}"));
+                }
+            }
+            Err(e) => console::say(&format!(
+                "security floor NOT raised to {}: {e:#}",
+                self.info.manifest_floor
+            )),
+        }
+    }
+
+    fn on_ready(&mut self) {
+        if self.entry.is_none() {
+            console::say("boot blessing: not a counted (trial) boot, nothing to bless");
+        }
+    }
+
+    fn tick(&mut self, sup: &Supervisor) -> Option<shutdown::Request> {
+        if self.done {
+            return None;
+        }
+        let entry = self.entry.clone()?;
+        let unhealthy: Vec<String> = sup
+            .units
+            .iter()
+            .filter(|u| u.svc.required && !u.healthy)
+            .map(|u| u.svc.name.clone())
+            .collect();
+        match bless::decide(
+            &self.cfg,
+            self.started.elapsed(),
+            &mut self.healthy_since,
+            &unhealthy,
+        ) {
+            bless::Action::Wait => None,
+            bless::Action::Bless => {
+                self.done = true;
+                match bless::rename_blessed(self.esp.as_ref(), &entry) {
+                    Ok(s) => {
+                        console::say(&format!(
+                            "boot blessing: {s} (services healthy for {} s)",
+                            self.cfg.bless_after_secs
+                        ));
+                        self.status.blessed = true;
+                        self.status.trial = false;
+                        self.status.tries_left = None;
+                        self.raise_floor();
+                        self.publish();
+                    }
+                    Err(e) => console::say(&format!(
+                        "boot blessing FAILED: {e:#} (systemd-boot will count this boot as a try)"
+                    )),
+                }
+                None
+            }
+            bless::Action::GiveUp(reason) => {
+                self.done = true;
+                let lb = bless::LastBad {
+                    slot: self.status.slot.clone(),
+                    version_id: self.status.version_id.clone(),
+                    reason: reason.clone(),
+                };
+                if let Err(e) =
+                    gwos_core::state::write_json(std::path::Path::new(bless::LAST_BAD), &lb)
+                {
+                    console::say(&format!("{}: {e:#}", bless::LAST_BAD));
+                }
+                self.status.last_bad = Some(lb);
+                self.publish();
+                console::say(&format!(
+                    "boot NOT blessed: {reason}; rebooting without blessing ({} tries left for {})",
+                    entry.tries_left, entry.file
+                ));
+                Some(shutdown::Request::Reboot)
             }
         }
     }

@@ -10,6 +10,7 @@
 pub mod gpt;
 pub mod netns;
 pub mod qemu;
+pub mod slot;
 
 pub use netns::NetNs;
 pub use qemu::{Boot, Qemu};

@@ -36,6 +36,21 @@ impl Qemu {
     /// QEMU runs inside that namespace and the guest NIC is its TAP device;
     /// otherwise the guest's NIC is on an isolated user-mode network.
     pub fn start(disk: &Path, boot: Boot, netns: Option<&crate::NetNs>) -> Result<Qemu> {
+        Self::start_opts(disk, boot, netns, false)
+    }
+
+    /// Like [`Qemu::start`], but a guest reboot restarts the machine (same
+    /// firmware variables, same console file) instead of ending QEMU.
+    pub fn start_rebooting(disk: &Path, boot: Boot) -> Result<Qemu> {
+        Self::start_opts(disk, boot, None, true)
+    }
+
+    fn start_opts(
+        disk: &Path,
+        boot: Boot,
+        netns: Option<&crate::NetNs>,
+        allow_reboot: bool,
+    ) -> Result<Qemu> {
         crate::need_tool("qemu-system-x86_64");
         let dir = tempfile::Builder::new().prefix("gwos-qemu").tempdir()?;
         let console = dir.path().join("console.log");
@@ -53,7 +68,6 @@ impl Qemu {
             "none".into(),
             "-vga".into(),
             "none".into(),
-            "-no-reboot".into(),
             "-serial".into(),
             format!("file:{}", console.display()),
             "-monitor".into(),
@@ -61,6 +75,9 @@ impl Qemu {
             "-drive".into(),
             format!("file={},format=raw,if=virtio", disk.display()),
         ];
+        if !allow_reboot {
+            args.push("-no-reboot".into());
+        }
         match &boot {
             Boot::Ovmf => {
                 let vars = dir.path().join("OVMF_VARS.fd");

@@ -345,7 +345,11 @@ fn ovmf_boot_shipped_image() {
     let (k, r) = boot_times(&c).expect("boot times");
     eprintln!("OVMF BOOT: kernel->PID1 {k} ms, PID1->ready {r} ms (guest clock), wall incl. firmware {:.1} s", t.elapsed().as_secs_f64());
     let c = q
-        .wait_for("gwos: boot blessing:", Duration::from_secs(30))
+        // The shipped image blesses after the default window: 60 s of healthy services.
+        .wait_for(
+            &format!("-> {uki} (services healthy for"),
+            Duration::from_secs(150),
+        )
         .unwrap();
     let bless = line_with(&c, "gwos: boot blessing:").unwrap();
     eprintln!("{bless}");

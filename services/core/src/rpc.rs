@@ -145,8 +145,9 @@ async fn serve_conn(
 pub const CONTROL_UID: u32 = 804;
 
 /// The fixed uid of each gateway service (rootfs/etc/gwos/services.toml uses
-/// the same; init's tests check that).
+/// the same; init's tests check that). `init` is PID 1's `init.sock` (root).
 pub const SERVICE_UIDS: &[(&str, u32)] = &[
+    ("init", 0),
     ("spa", 801),
     ("vpn", 802),
     ("tls-front", 803),
