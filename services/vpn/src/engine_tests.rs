@@ -37,6 +37,8 @@ fn setup() -> Setup {
         address: "10.77.0.2".parse().unwrap(),
         allowed: vec![],
         created: String::new(),
+        expires_at: None,
+        config_dns: vec![],
     };
     engine.upsert(&user).unwrap();
     let victim = Tunn::new(client, server_public, None, None, 1, None);
