@@ -821,6 +821,69 @@ fn vpn_user_through_knock_tls_and_tunnel() {
     let status = ctl("vpn_status", serde_json::json!({}));
     assert!(status.to_string().contains("\"bob\""), "{status}");
 
+    // DNS stays in the tunnel: a real dnsmasq on the internal host 10.0.2.60 is
+    // the site's resolver (config_set dns, applied at once); it resolves a name
+    // through the tunnel, while a query to another server the user may reach
+    // (10.0.2.70) is dropped by the gateway and counted.
+    for (addr, answer) in [("10.0.2.60", "10.0.2.61"), ("10.0.2.70", "10.0.2.71")] {
+        kids.0.push(
+            std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &ns.name,
+                    "dnsmasq",
+                    "--no-daemon",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--bind-interfaces",
+                ])
+                .arg(format!("--listen-address={addr}"))
+                .arg(format!("--address=/internal.test/{answer}"))
+                .arg(format!(
+                    "--pid-file={}/dnsmasq-{addr}.pid",
+                    wd.path().display()
+                ))
+                .stdout(std::process::Stdio::null())
+                .stderr(
+                    std::fs::File::create(wd.path().join(format!("dnsmasq-{addr}.log"))).unwrap(),
+                )
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let set = ctl("config_set", serde_json::json!({"dns": ["10.0.2.60"]}));
+    eprintln!("config_set dns: {set}");
+    let query = |server: &str| {
+        ns_sh(
+            &site,
+            &format!(
+                "python3 -c 'import socket,sys\nq=bytes.fromhex(\"123401000001000000000000\")+b\"\\x08internal\\x04test\\x00\\x00\\x01\\x00\\x01\"\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(3);s.sendto(q,(sys.argv[1],53));r=s.recv(512);print(\".\".join(map(str,r[-4:])))' {server}"
+            ),
+        )
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, out) = query("10.0.2.60");
+    assert!(
+        ok && out.trim() == "10.0.2.61",
+        "no answer from the resolver through the tunnel: {out}"
+    );
+    let (ok, out) = query("10.0.2.70");
+    assert!(
+        !ok,
+        "DNS to a server other than the resolver went through: {out}"
+    );
+    let status = ctl("vpn_status", serde_json::json!({}));
+    assert!(
+        status["dns_dropped"].as_u64().unwrap_or(0) >= 1,
+        "the drop is not counted: {status}"
+    );
+    let again = ctl("vpn_user_config", serde_json::json!({"user": "bob"}));
+    assert!(
+        again.to_string().contains("DNS = 10.0.2.60"),
+        "the client config does not push the resolver: {again}"
+    );
+
     ctl("vpn_user_delete", serde_json::json!({"user": "bob"}));
     let (ok, out) = ping("10.0.2.60");
     assert!(!ok, "deleted user's session still carries traffic:\n{out}");
