@@ -1,6 +1,7 @@
 //! The supervisor: starts services from the table in dependency order, each
 //! as `gwosd run <name>` in its sandbox, restarts them with exponential
-//! backoff, marks a flapping service failed (PID 1 carries on), polls each
+//! backoff, marks a flapping service failed and retries it every few minutes
+//! (PID 1 carries on), polls each
 //! service's `health` RPC, and reports when every required service is healthy.
 //!
 //! The decisions are made here and in [`policy`] over (unit states, events,
@@ -93,11 +94,15 @@ impl<E: Effects> Supervisor<E> {
         })
     }
 
-    /// Whether every unit `s` is `after` is healthy.
+    /// Whether every unit `s` is `after` has been started (or tried) once.
+    /// `after` orders starts; it never waits for another unit's health, so a
+    /// failing data-plane service cannot keep control from starting.
     fn deps_met(&self, s: &Service) -> bool {
-        s.after
-            .iter()
-            .all(|a| self.units.iter().any(|u| &u.svc.name == a && u.healthy))
+        s.after.iter().all(|a| {
+            self.units
+                .iter()
+                .any(|u| &u.svc.name == a && u.status != Status::Waiting)
+        })
     }
 
     /// Takes in finished probes, starts what is due, sends due probes. Never
@@ -111,8 +116,10 @@ impl<E: Effects> Supervisor<E> {
             self.probe_answered(token, ok, now);
         }
         for i in 0..self.units.len() {
-            let due = matches!(self.units[i].status, Status::Waiting | Status::Backoff)
-                && self.units[i].next_start <= now;
+            let due = matches!(
+                self.units[i].status,
+                Status::Waiting | Status::Backoff | Status::Failed
+            ) && self.units[i].next_start <= now;
             if due && self.deps_met(&self.units[i].svc) {
                 self.start(i, now);
             }
@@ -186,13 +193,15 @@ impl<E: Effects> Supervisor<E> {
         u.healthy = false;
         u.probe = None;
         let line = match u.history.failed(now) {
-            Verdict::GiveUp => {
+            Verdict::GiveUp(retry) => {
                 u.status = Status::Failed;
+                u.next_start = now + retry;
                 format!(
-                    "service {} FAILED: {} failures within {}s, not restarting",
+                    "service {} FAILED: {} failures within {}s (or failed again since), retrying in {} s",
                     u.svc.name,
                     policy::FLAP_COUNT,
-                    policy::FLAP_WINDOW.as_secs()
+                    policy::FLAP_WINDOW.as_secs(),
+                    retry.as_secs()
                 )
             }
             Verdict::Restart(delay) => {

@@ -26,7 +26,7 @@ pub struct Service {
     /// Paths writable in the service's mount namespace (its state dir is always writable).
     #[serde(default)]
     pub writable: Vec<String>,
-    /// Services that must be healthy before this one starts.
+    /// Services started before this one (order only: never waits for their health).
     #[serde(default)]
     pub after: Vec<String>,
     /// cgroup v2 memory.max (bytes or "max"; suffixes K, M, G).

@@ -176,10 +176,11 @@ fn flapping_unit_is_marked_failed() {
     let mut s = sup(&one("a"));
     s.tick();
     let t0 = s.fx.now;
-    for _ in 0..5 {
+    for _ in 0..4 {
         s.crash("a");
         s.restart_due("a");
     }
+    s.crash("a");
     assert!(s.fx.now - t0 < FLAP_WINDOW);
     assert_eq!(s.unit("a").status, Status::Failed, "{:?}", s.fx.lines);
     assert!(s
@@ -232,4 +233,164 @@ fn shutdown_signals_every_running_unit() {
     s.on_exit(a, "exit status 0", true);
     assert_eq!(s.unit("a").status, Status::Stopped);
     assert_eq!(s.running(), 1);
+}
+
+/// The shipped service table (rootfs/etc/gwos/services.toml).
+fn shipped() -> Table {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../rootfs/etc/gwos/services.toml"
+    ))
+    .expect("shipped service table");
+    table(&text)
+}
+
+/// Review F3: a unit that failed 5 times in 60 s was never started again.
+#[test]
+fn f3_failed_unit_retried_after_cap() {
+    let mut s = sup(&one("a"));
+    s.tick();
+    for _ in 0..4 {
+        s.crash("a");
+        s.restart_due("a");
+    }
+    s.crash("a");
+    assert_eq!(s.unit("a").status, Status::Failed);
+    let spawns = s.fx.spawns("a");
+    s.advance(Duration::from_secs(3600));
+    s.tick();
+    assert_eq!(s.fx.spawns("a"), spawns + 1, "{:?}", s.fx.lines);
+    assert_eq!(s.unit("a").status, Status::Running);
+}
+
+/// A unit that keeps failing after its retry goes back to failed and is
+/// retried again after the long cap, not every 30 s.
+#[test]
+fn f3_failed_unit_keeps_being_retried_at_the_cap() {
+    let mut s = sup(&one("a"));
+    s.fx.spawn_fails.insert("a".into());
+    for _ in 0..5 {
+        s.restart_due("a");
+    }
+    assert_eq!(s.unit("a").status, Status::Failed);
+    for round in 0..3 {
+        let spawns = s.fx.spawns("a");
+        s.advance(policy::FAILED_RETRY - Duration::from_secs(1));
+        s.tick();
+        assert_eq!(
+            s.fx.spawns("a"),
+            spawns,
+            "round {round}: not before the cap"
+        );
+        s.advance(Duration::from_secs(1));
+        s.tick();
+        assert_eq!(
+            s.fx.spawns("a"),
+            spawns + 1,
+            "round {round}: retried at the cap"
+        );
+        assert_eq!(s.unit("a").status, Status::Failed, "round {round}");
+    }
+    assert!(s
+        .fx
+        .lines
+        .iter()
+        .any(|l| l.contains("FAILED") && l.contains("retrying in 300 s")));
+}
+
+/// Review F3: the backoff grew for good; after a long healthy run a crash
+/// is restarted after the first, short delay again.
+#[test]
+fn f3_backoff_resets_after_healthy_period() {
+    let mut s = sup(&one("a"));
+    s.tick();
+    // Seven crashes, each a bit more than a flap window apart: backoff at its 30 s cap.
+    for _ in 0..7 {
+        s.crash("a");
+        s.advance(FLAP_WINDOW + Duration::from_secs(1));
+        s.tick();
+    }
+    s.crash("a");
+    assert_eq!(
+        s.unit("a").next_start - s.fx.now,
+        policy::BACKOFF_MAX,
+        "backoff at its cap"
+    );
+    s.restart_due("a");
+    s.become_healthy("a");
+    // Healthy for longer than the reset period (probes keep answering).
+    let until = s.fx.now + policy::HEALTHY_RESET + Duration::from_secs(1);
+    while s.fx.now < until {
+        s.advance(Duration::from_secs(5));
+        s.tick();
+        s.fx.answer("a", true);
+    }
+    s.tick();
+    s.crash("a");
+    assert_eq!(s.unit("a").next_start - s.fx.now, BACKOFF_START);
+}
+
+/// Issue 12: a unit with a few recent failures that then runs healthy for
+/// long is not counted as flapping when it crashes again.
+#[test]
+fn restart_after_long_healthy_run_is_not_flapping() {
+    let mut s = sup(&one("a"));
+    s.tick();
+    for _ in 0..4 {
+        s.crash("a");
+        s.restart_due("a");
+    }
+    s.become_healthy("a");
+    s.advance(Duration::from_secs(3 * 3600));
+    s.tick();
+    s.fx.answer("a", true);
+    s.tick();
+    s.crash("a");
+    assert_eq!(s.unit("a").status, Status::Backoff);
+    s.restart_due("a");
+    assert_eq!(s.unit("a").status, Status::Running);
+}
+
+/// Review F3: control only started while spa, tls-front and vpn were all
+/// healthy; with vpn failing at start control must still start.
+#[test]
+fn f3_control_starts_without_data_plane() {
+    let mut s = sup(&shipped());
+    s.fx.spawn_fails.insert("vpn".into());
+    s.tick();
+    for _ in 0..20 {
+        s.advance(Duration::from_millis(500));
+        s.tick();
+        s.fx.answer("spa", true);
+        s.fx.answer("tls-front", true);
+        s.fx.answer("control", true);
+    }
+    assert_eq!(s.fx.spawns("control"), 1, "{:?}", s.fx.lines);
+    assert!(s.unit("control").healthy);
+    assert_eq!(s.unit("vpn").status, Status::Failed);
+    // vpn stays down; control crashes once and is restarted all the same.
+    s.crash("control");
+    s.restart_due("control");
+    assert_eq!(s.fx.spawns("control"), 2);
+    assert_eq!(s.unit("control").status, Status::Running);
+}
+
+/// `after` orders starts; it does not wait for the other unit's health.
+#[test]
+fn dependencies_start_in_order_without_waiting_for_health() {
+    let mut s = sup(&table(
+        "[[service]]\nname = \"b\"\nuid = 901\ngid = 901\nafter = [\"a\"]\n\
+         [[service]]\nname = \"a\"\nuid = 900\ngid = 900\n",
+    ));
+    s.tick();
+    let spawned: Vec<&Call> =
+        s.fx.calls
+            .iter()
+            .filter(|c| matches!(c, Call::Spawn(_)))
+            .collect();
+    assert_eq!(
+        spawned,
+        [&Call::Spawn("a".into()), &Call::Spawn("b".into())]
+    );
+    assert!(!s.unit("a").healthy);
 }
