@@ -31,6 +31,9 @@ const HEALTH_EVERY: Duration = Duration::from_millis(500);
 const HEALTH_EVERY_HEALTHY: Duration = Duration::from_secs(5);
 /// First probe after a start.
 const FIRST_PROBE: Duration = Duration::from_millis(100);
+/// A probe not answered after this long counts as an unhealthy answer (it
+/// stays in flight: no second thread is started for the same unit).
+const PROBE_DEADLINE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -123,6 +126,7 @@ impl<E: Effects> Supervisor<E> {
             if due && self.deps_met(&self.units[i].svc) {
                 self.start(i, now);
             }
+            self.probe_overdue(i, now);
             let u = &self.units[i];
             if u.status == Status::Running && u.probe.is_none() && u.next_health <= now {
                 let token = self.next_token;
@@ -131,6 +135,23 @@ impl<E: Effects> Supervisor<E> {
                 let name = self.units[i].svc.name.clone();
                 self.fx.probe(&name, token);
             }
+        }
+    }
+
+    fn probe_overdue(&mut self, i: usize, now: Instant) {
+        let u = &mut self.units[i];
+        let overdue = u
+            .probe
+            .is_some_and(|(_, sent)| now.saturating_duration_since(sent) >= PROBE_DEADLINE);
+        if overdue && u.healthy {
+            u.healthy = false;
+            u.history.probed(now, false);
+            let line = format!(
+                "service {} unhealthy: its health probe has not answered for {} s",
+                u.svc.name,
+                PROBE_DEADLINE.as_secs()
+            );
+            self.fx.say(&line);
         }
     }
 

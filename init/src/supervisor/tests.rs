@@ -104,15 +104,18 @@ pub(super) fn sup(t: &Table) -> Supervisor<Fake> {
     Supervisor::with_effects(t, Fake::new()).expect("test supervisor")
 }
 
-impl Supervisor<Fake> {
-    pub(super) fn advance(&mut self, d: Duration) {
-        self.fx.now += d;
-    }
+impl<E: Effects> Supervisor<E> {
     pub(super) fn unit(&self, name: &str) -> &Unit {
         self.units
             .iter()
             .find(|u| u.svc.name == name)
             .expect("unit in the test table")
+    }
+}
+
+impl Supervisor<Fake> {
+    pub(super) fn advance(&mut self, d: Duration) {
+        self.fx.now += d;
     }
     /// The running unit `name` dies (killed by a signal).
     pub(super) fn crash(&mut self, name: &str) {
@@ -393,4 +396,110 @@ fn dependencies_start_in_order_without_waiting_for_health() {
         [&Call::Spawn("a".into()), &Call::Spawn("b".into())]
     );
     assert!(!s.unit("a").healthy);
+}
+
+/// The fake's spawns and clock with the real probe threads.
+struct ThreadedFake {
+    fake: Fake,
+    probes: system::ThreadProbes,
+}
+
+impl Effects for ThreadedFake {
+    fn now(&self) -> Instant {
+        self.fake.now
+    }
+    fn spawn(&mut self, svc: &Service) -> anyhow::Result<Pid> {
+        self.fake.spawn(svc)
+    }
+    fn kill_group(&mut self, name: &str) {
+        self.fake.kill_group(name)
+    }
+    fn signal(&mut self, pid: Pid, sig: Signal) {
+        self.fake.signal(pid, sig)
+    }
+    fn probe(&mut self, name: &str, token: ProbeToken) {
+        self.probes.start(name, token)
+    }
+    fn probe_results(&mut self) -> Vec<(ProbeToken, bool)> {
+        self.probes.results()
+    }
+    fn say(&mut self, line: &str) {
+        self.fake.say(line)
+    }
+}
+
+/// Review F4: a service whose health probe never returns must not stall
+/// PID 1's loop (reaping, restarts, shutdown). The probe runs on a real
+/// probe thread that blocks until the test ends; tick() keeps returning at
+/// once, other units keep being started and probed, and the hung unit is
+/// reported unhealthy after the deadline.
+#[test]
+fn f4_hung_probe_does_not_stall_tick() {
+    use std::sync::{mpsc, Arc, Mutex};
+    let (release, wait) = mpsc::channel::<()>();
+    let wait = Mutex::new(wait);
+    let check: system::Check = Arc::new(move |name: &str| {
+        if name == "hung" {
+            let _ = wait.lock().map(|w| w.recv());
+        }
+        true
+    });
+    let fx = ThreadedFake {
+        fake: Fake::new(),
+        probes: system::ThreadProbes::new(check),
+    };
+    let t = table(
+        "[[service]]\nname = \"hung\"\nuid = 900\ngid = 900\n\
+         [[service]]\nname = \"fine\"\nuid = 901\ngid = 901\n",
+    );
+    let mut s = Supervisor::with_effects(&t, fx).expect("supervisor");
+    s.tick();
+    let started = Instant::now();
+    for _ in 0..50 {
+        s.fx.fake.now += Duration::from_millis(200);
+        s.tick();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "50 ticks took {took:?}");
+    assert!(s.unit("fine").healthy, "{:?}", s.fx.fake.lines);
+    assert!(!s.unit("hung").healthy);
+    assert_eq!(s.unit("hung").status, Status::Running);
+    // The other unit still restarts while the probe hangs.
+    s.fx.fake.calls.clear();
+    let pid = s.unit("fine").pid.expect("fine runs");
+    s.on_exit(pid, "killed by SIGKILL", false);
+    s.fx.fake.now += BACKOFF_START;
+    s.tick();
+    assert_eq!(s.fx.fake.spawns("fine"), 1);
+    drop(release);
+}
+
+/// A healthy unit whose probe stops answering is reported unhealthy after
+/// the deadline, and no second probe is sent while the first hangs.
+#[test]
+fn f4_unanswered_probe_marks_unit_unhealthy() {
+    let mut s = sup(&one("a"));
+    s.tick();
+    s.become_healthy("a");
+    s.advance(HEALTH_EVERY_HEALTHY);
+    s.tick(); // probe sent, never answered
+    let probes = |s: &Supervisor<Fake>| {
+        s.fx.calls
+            .iter()
+            .filter(|c| **c == Call::Probe("a".into()))
+            .count()
+    };
+    let sent = probes(&s);
+    s.advance(PROBE_DEADLINE);
+    s.tick();
+    assert!(!s.unit("a").healthy);
+    assert!(s
+        .fx
+        .lines
+        .iter()
+        .any(|l| l == "service a unhealthy: its health probe has not answered for 3 s"));
+    s.advance(Duration::from_secs(60));
+    s.tick();
+    assert_eq!(probes(&s), sent, "one probe in flight per unit");
 }
