@@ -67,7 +67,7 @@ impl Effects for SystemEffects {
 fn spawn(exe: &str, s: &Service) -> anyhow::Result<Pid> {
     let mem = table::memory_value(&s.memory_max)?;
     cgroup::prepare(&s.name, &mem, s.pids_max, s.cpu_weight)?;
-    prepare_state_dir(&s.name, s.uid, s.gid)?;
+    crate::state::prepare_service_dir(std::path::Path::new("/var"), &s.name, s.uid, s.gid)?;
     let spec = sandbox::Spec {
         name: s.name.clone(),
         uid: s.uid,
@@ -85,15 +85,6 @@ fn spawn(exe: &str, s: &Service) -> anyhow::Result<Pid> {
     let pid = i32::try_from(child.id())
         .map_err(|_| anyhow::anyhow!("pid {} does not fit a pid_t", child.id()))?;
     Ok(Pid::from_raw(pid))
-}
-
-fn prepare_state_dir(name: &str, uid: u32, gid: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let d = format!("{}/{name}", gwos_core::context::STATE_ROOT);
-    std::fs::create_dir_all(&d)?;
-    std::os::unix::fs::chown(&d, Some(uid), Some(gid))?;
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
-    Ok(())
 }
 
 /// `health` over the service's socket: `{"ok":true,"result":{"healthy":true}}`.
