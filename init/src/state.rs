@@ -224,6 +224,24 @@ fn set_owner_mode(dir: &OwnedFd, path: &Path, uid: u32, gid: u32, mode: u32) -> 
     Ok(())
 }
 
+/// Opens the file `name` in the open directory `dir` with `flags` (plus
+/// O_NOFOLLOW and O_CLOEXEC) and `mode` for a new file.
+pub fn openat_file(
+    dir: &OwnedFd,
+    name: &str,
+    flags: nix::fcntl::OFlag,
+    mode: u32,
+) -> nix::Result<std::fs::File> {
+    use nix::fcntl::OFlag;
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name,
+        flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::from_bits_truncate(mode),
+    )?;
+    Ok(std::fs::File::from(owned(fd)))
+}
+
 fn owned(fd: std::os::fd::RawFd) -> OwnedFd {
     // SAFETY: `fd` was just returned by a successful openat(2) and is owned
     // by nobody else; the OwnedFd closes it exactly once.

@@ -10,6 +10,7 @@
 
 mod effects;
 pub mod policy;
+pub mod state_keys;
 pub mod system;
 pub mod table;
 #[cfg(test)]
