@@ -26,6 +26,8 @@ pub struct Control {
     pub run_dir: PathBuf,
     pub keys: Mutex<KeyStore>,
     pub runtime: Mutex<RuntimeConfig>,
+    /// Seals keys.json and runtime.json (from PID 1; `None`: no runtime state).
+    pub state_key: Option<gwos_core::sealed::SealKey>,
     pub audit: AuditLog,
     pub host_fingerprint: String,
     pub started: Instant,
@@ -393,7 +395,7 @@ impl Control {
                 let mut rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
                 let mut next = rt.clone();
                 next.apply(&p);
-                gwos_core::state::write_json(&self.state_dir.join("runtime.json"), &next)
+                next.save(&self.state_dir, self.state_key.as_ref())
                     .map_err(|e| format!("saving runtime config: {e:#}"))?;
                 *rt = next;
                 drop(rt);

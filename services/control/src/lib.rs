@@ -31,9 +31,9 @@ pub fn run(ctx: gwos_core::ServiceContext) -> anyhow::Result<()> {
     site.validate()?;
     let host = server::host_key(&ctx.state_dir)?;
     let host_fp = keys::fingerprint(host.public_key());
-    let keys = keys::KeyStore::load(&site.keys, &ctx.state_dir)?;
-    let runtime: config::RuntimeConfig =
-        gwos_core::state::read_json(&ctx.state_dir.join("runtime.json"))?.unwrap_or_default();
+    let state_key = keys::state_key(&ctx.run_dir);
+    let keys = keys::KeyStore::load(&site.keys, &ctx.state_dir, state_key.clone())?;
+    let runtime = config::RuntimeConfig::load(&ctx.state_dir, state_key.as_ref());
     let ctl = Arc::new(commands::Control {
         audit: audit::AuditLog::new(&ctx.state_dir, site.audit_max_bytes),
         site,
@@ -41,6 +41,7 @@ pub fn run(ctx: gwos_core::ServiceContext) -> anyhow::Result<()> {
         run_dir: ctx.run_dir.clone(),
         keys: Mutex::new(keys),
         runtime: Mutex::new(runtime),
+        state_key,
         host_fingerprint: host_fp.clone(),
         started: std::time::Instant::now(),
         sessions: AtomicUsize::new(0),

@@ -231,6 +231,57 @@ pub fn quarantine(path: &Path) -> std::io::Result<PathBuf> {
     Ok(to)
 }
 
+/// A service loading its sealed state at start: the value, or `None` when
+/// the file is missing or refused. A refused file (unsealed, tampered with,
+/// sealed for something else, or no key to check it with) is reported loudly
+/// (event `<service>.state_refused` and a stderr line, both on the console)
+/// and, when its MAC or format is wrong, moved aside to `<name>.refused`.
+pub fn read_json_or_refuse<T: serde::de::DeserializeOwned>(
+    key: Option<&SealKey>,
+    service: &str,
+    purpose: &str,
+    path: &Path,
+) -> Option<T> {
+    let Some(key) = key else {
+        if path.exists() {
+            refused(
+                service,
+                path,
+                "no sealing key from PID 1 to check it with",
+                None,
+            );
+        }
+        return None;
+    };
+    match read_json(key, purpose, path) {
+        Ok(v) => v,
+        Err(e @ SealError::Io { .. }) => {
+            refused(service, path, &e.to_string(), None);
+            None
+        }
+        Err(e) => {
+            let moved = quarantine(path).ok();
+            refused(service, path, &e.to_string(), moved.as_deref());
+            None
+        }
+    }
+}
+
+fn refused(service: &str, path: &Path, reason: &str, moved: Option<&Path>) {
+    let mut ev = crate::Event::new(service, &format!("{service}.state_refused"))
+        .field("path", path.display().to_string())
+        .field("reason", reason);
+    if let Some(m) = moved {
+        ev = ev.field("moved_to", m.display().to_string());
+    }
+    crate::emit(&ev);
+    eprintln!(
+        "{service}: REFUSING state file {}: {reason}; it is ignored{}",
+        path.display(),
+        moved.map_or(String::new(), |m| format!(" (kept as {})", m.display()))
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
