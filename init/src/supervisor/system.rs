@@ -20,14 +20,21 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct SystemEffects {
     exe: String,
     probes: ThreadProbes,
+    /// `gwos.test=vpnfail` (QEMU suite only): the vpn fails at every start.
+    vpn_fails: bool,
 }
 
 impl SystemEffects {
     /// `exe` is the multi-call binary services are started from (`/sbin/init`).
     pub fn new(exe: &str) -> Self {
+        let vpn_fails = crate::cmdline::test_flag("vpnfail");
+        if vpn_fails {
+            console::say("TEST MODE (gwos.test=vpnfail): the vpn fails at every start");
+        }
         Self {
             exe: exe.into(),
             probes: ThreadProbes::new(Arc::new(health)),
+            vpn_fails,
         }
     }
 }
@@ -38,6 +45,9 @@ impl Effects for SystemEffects {
     }
 
     fn spawn(&mut self, svc: &Service) -> anyhow::Result<Pid> {
+        if self.vpn_fails && svc.name == "vpn" {
+            anyhow::bail!("TEST MODE (gwos.test=vpnfail): not starting the vpn");
+        }
         spawn(&self.exe, svc)
     }
 
