@@ -111,8 +111,14 @@ pub fn mount_var() -> Result<String> {
         }
     };
     let var = Path::new("/var");
-    secure_dir(var, &["lib", "gwos"], 0, 0, 0o755)?;
-    secure_dir(var, &["log"], 0, 0, 0o755)?;
+    let mut msg = msg;
+    for dir in [&["lib", "gwos"][..], &["log"]] {
+        // A planted symlink is moved aside by the first try; the second makes the directory.
+        if let Err(e) = secure_dir(var, dir, 0, 0, 0o755) {
+            msg.push_str(&format!("; WARNING: {e:#}"));
+            secure_dir(var, dir, 0, 0, 0o755)?;
+        }
+    }
     std::fs::create_dir_all(gwos_core::context::RUN_DIR)?;
     use std::os::unix::fs::PermissionsExt;
     // Services (distinct uids) create their sockets here; sticky, not listable.
@@ -185,12 +191,27 @@ fn open_dir_nofollow(parent: &OwnedFd, parent_path: &Path, name: &str) -> Result
         Ok(fd) => Ok(owned(fd)),
         Err(Errno::ELOOP | Errno::ENOTDIR) => {
             let what = if is_symlink(parent, name) {
-                "is a symlink: PID 1 never follows links on /var, refusing to use it"
+                "is a symlink: PID 1 never follows links on /var, refused it"
             } else {
-                "is not a directory: refusing to use it"
+                "is not a directory: refused it"
+            };
+            // Keep it for inspection, out of the way: the next attempt makes a fresh directory.
+            let aside = format!("{name}.refused");
+            let moved = nix::fcntl::renameat(
+                Some(parent.as_raw_fd()),
+                name,
+                Some(parent.as_raw_fd()),
+                aside.as_str(),
+            );
+            let next = match moved {
+                Ok(()) => format!(
+                    "moved it to {}; the next start makes a fresh one",
+                    parent_path.join(&aside).display()
+                ),
+                Err(e) => format!("could not move it aside ({e}); remove it"),
             };
             bail!(
-                "{} {what} (something changed the state partition; remove it to let the service start)",
+                "{} {what} (something changed the state partition); {next}",
                 path.display()
             )
         }
@@ -348,6 +369,25 @@ mod tests {
             "the link's target was changed"
         );
         assert!(format!("{e:#}").contains("is a symlink"), "{e:#}");
+    }
+
+    /// The refused link is kept aside and the next attempt makes a real directory.
+    #[test]
+    fn refused_symlink_is_moved_aside_then_replaced() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let var = d.path().join("var");
+        std::fs::create_dir_all(var.join("lib/gwos")).unwrap();
+        std::fs::create_dir(d.path().join("target")).unwrap();
+        let link = var.join("lib/gwos/spa");
+        std::os::unix::fs::symlink("../../../target", &link).unwrap();
+        let me = std::fs::metadata(&var).unwrap();
+        let e = prepare_service_dir(&var, "spa", me.uid(), me.gid()).unwrap_err();
+        assert!(format!("{e:#}").contains("moved it to"), "{e:#}");
+        let aside = std::fs::symlink_metadata(var.join("lib/gwos/spa.refused")).unwrap();
+        assert!(aside.file_type().is_symlink());
+        prepare_service_dir(&var, "spa", me.uid(), me.gid()).unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_dir());
     }
 
     /// A symlink higher up (`/var/lib` → elsewhere) is refused as well.
