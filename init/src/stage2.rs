@@ -61,6 +61,7 @@ pub fn main(t0_ms: u64) -> ! {
         Err(e) => console::fatal(&format!("service table {SERVICES}: {e:#}")),
     };
     tun_device(&table);
+    state_keys(&table);
     // After /run/gwos exists (state::mount_var) and before any service runs,
     // so no service can bind init.sock first.
     crate::initsock::spawn(std::path::Path::new(gwos_core::context::RUN_DIR));
@@ -177,6 +178,26 @@ fn tun_device(table: &table::Table) {
     match r {
         Ok(()) => console::say(&format!("/dev/net/tun: root:{} 0660", vpn.gid)),
         Err(e) => console::say(&format!("/dev/net/tun: {e} (the vpn cannot create gw0)")),
+    }
+}
+
+/// The machine secret and each service's sealing key, before any service
+/// starts. Without them control refuses its runtime keys and overrides (site
+/// keys still work), so a failure here is loud but not fatal.
+fn state_keys(table: &table::Table) {
+    use crate::supervisor::state_keys::{provision, Source};
+    match provision(&table.service) {
+        Ok(Source::Efi(p)) => console::say(&format!(
+            "state sealing: machine secret in EFI variable {}; offline edits of sealed state are detected",
+            p.display()
+        )),
+        Ok(Source::StatePartition { path, why }) => console::say(&format!(
+            "WARNING: state sealing: {why}; the machine secret is on the state partition ({}). Anyone with offline access to the disk can read it and forge control's runtime keys: offline edits are NOT detected",
+            path.display()
+        )),
+        Err(e) => console::say(&format!(
+            "WARNING: state sealing keys could not be made: {e:#}; control will refuse its runtime keys and overrides (site keys still work)"
+        )),
     }
 }
 

@@ -7,9 +7,15 @@
 //! gwos_core::state_template), then grown. Without a template /var becomes a tmpfs
 //! and the console says loudly that state is NOT persistent. A partition
 //! holding anything else is never touched; any other failure is fatal.
+//!
+//! Nothing on /var is trusted: the directories PID 1 makes and hands to
+//! services are walked with `openat(O_NOFOLLOW | O_DIRECTORY)` and chowned
+//! and chmodded through the opened fd ([`secure_dir`], [`prepare_service_dir`]),
+//! so a symlink planted offline is refused, never followed.
 
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -104,8 +110,14 @@ pub fn mount_var() -> Result<String> {
             }
         }
     };
-    for d in ["/var/lib", "/var/lib/gwos", "/var/log"] {
-        std::fs::create_dir_all(d)?;
+    let var = Path::new("/var");
+    let mut msg = msg;
+    for dir in [&["lib", "gwos"][..], &["log"]] {
+        // A planted symlink is moved aside by the first try; the second makes the directory.
+        if let Err(e) = secure_dir(var, dir, 0, 0, 0o755) {
+            msg.push_str(&format!("; WARNING: {e:#}"));
+            secure_dir(var, dir, 0, 0, 0o755)?;
+        }
     }
     std::fs::create_dir_all(gwos_core::context::RUN_DIR)?;
     use std::os::unix::fs::PermissionsExt;
@@ -115,6 +127,146 @@ pub fn mount_var() -> Result<String> {
         std::fs::Permissions::from_mode(0o1733),
     )?;
     Ok(msg)
+}
+
+/// Makes `<var>/lib/gwos/<name>` the service's state dir: owned by
+/// uid:gid, mode 0700. PID 1 is root and /var is not verified (an offline
+/// edit can put anything there), so no path is followed: each component is
+/// opened with `openat(O_NOFOLLOW | O_DIRECTORY)` below the one before, and
+/// the owner and mode are set on the opened fd. A symlink is refused.
+pub fn prepare_service_dir(var: &Path, name: &str, uid: u32, gid: u32) -> Result<()> {
+    let lib = secure_dir(var, &["lib", "gwos"], 0, 0, 0o755)?;
+    let dir = open_dir_nofollow(&lib, &var.join("lib/gwos"), name)?;
+    set_owner_mode(&dir, &var.join("lib/gwos").join(name), uid, gid, 0o700)
+}
+
+/// Creates (when missing) and opens `<base>/<components…>` without following
+/// any symlink, then sets owner and mode of the last one; returns it.
+pub fn secure_dir(
+    base: &Path,
+    components: &[&str],
+    uid: u32,
+    gid: u32,
+    mode: u32,
+) -> Result<OwnedFd> {
+    let mut dir = open_base(base)?;
+    let mut path = base.to_path_buf();
+    for c in components {
+        dir = open_dir_nofollow(&dir, &path, c)?;
+        path.push(c);
+    }
+    set_owner_mode(&dir, &path, uid, gid, mode)?;
+    Ok(dir)
+}
+
+fn open_base(base: &Path) -> Result<OwnedFd> {
+    use nix::fcntl::OFlag;
+    let fd = nix::fcntl::openat(
+        None,
+        base,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_context(|| format!("opening {}", base.display()))?;
+    Ok(owned(fd))
+}
+
+/// `name` below the open directory `parent` (at `parent_path`, for messages):
+/// made 0700 root if missing, opened only if it is a real directory.
+fn open_dir_nofollow(parent: &OwnedFd, parent_path: &Path, name: &str) -> Result<OwnedFd> {
+    use nix::errno::Errno;
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    let path = parent_path.join(name);
+    anyhow::ensure!(
+        !name.is_empty() && name != "." && name != ".." && !name.contains('/'),
+        "{name:?} is not a single path component"
+    );
+    match nix::sys::stat::mkdirat(Some(parent.as_raw_fd()), name, Mode::S_IRWXU) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+    let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+    match nix::fcntl::openat(Some(parent.as_raw_fd()), name, flags, Mode::empty()) {
+        Ok(fd) => Ok(owned(fd)),
+        Err(Errno::ELOOP | Errno::ENOTDIR) => {
+            let what = if is_symlink(parent, name) {
+                "is a symlink: PID 1 never follows links on /var, refused it"
+            } else {
+                "is not a directory: refused it"
+            };
+            // Keep it for inspection, out of the way: the next attempt makes a fresh directory.
+            let aside = format!("{name}.refused");
+            let moved = nix::fcntl::renameat(
+                Some(parent.as_raw_fd()),
+                name,
+                Some(parent.as_raw_fd()),
+                aside.as_str(),
+            );
+            let next = match moved {
+                Ok(()) => format!(
+                    "moved it to {}; the next start makes a fresh one",
+                    parent_path.join(&aside).display()
+                ),
+                Err(e) => format!("could not move it aside ({e}); remove it"),
+            };
+            bail!(
+                "{} {what} (something changed the state partition); {next}",
+                path.display()
+            )
+        }
+        Err(e) => Err(e).with_context(|| format!("opening {}", path.display())),
+    }
+}
+
+fn is_symlink(parent: &OwnedFd, name: &str) -> bool {
+    use nix::sys::stat::{fstatat, SFlag};
+    fstatat(
+        Some(parent.as_raw_fd()),
+        name,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK)
+}
+
+fn set_owner_mode(dir: &OwnedFd, path: &Path, uid: u32, gid: u32, mode: u32) -> Result<()> {
+    use nix::unistd::{Gid, Uid};
+    nix::unistd::fchown(
+        dir.as_raw_fd(),
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+    )
+    .with_context(|| format!("chown {uid}:{gid} {}", path.display()))?;
+    nix::sys::stat::fchmod(
+        dir.as_raw_fd(),
+        nix::sys::stat::Mode::from_bits_truncate(mode),
+    )
+    .with_context(|| format!("chmod {mode:o} {}", path.display()))?;
+    Ok(())
+}
+
+/// Opens the file `name` in the open directory `dir` with `flags` (plus
+/// O_NOFOLLOW and O_CLOEXEC) and `mode` for a new file.
+pub fn openat_file(
+    dir: &OwnedFd,
+    name: &str,
+    flags: nix::fcntl::OFlag,
+    mode: u32,
+) -> nix::Result<std::fs::File> {
+    use nix::fcntl::OFlag;
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name,
+        flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::from_bits_truncate(mode),
+    )?;
+    Ok(std::fs::File::from(owned(fd)))
+}
+
+fn owned(fd: std::os::fd::RawFd) -> OwnedFd {
+    // SAFETY: `fd` was just returned by a successful openat(2) and is owned
+    // by nobody else; the OwnedFd closes it exactly once.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 /// Writes the template's blocks to the (blank) partition and syncs it.
@@ -193,6 +345,80 @@ mod tests {
             b[..4096].iter().all(|&x| x == 0)
                 && b[4096..8192].iter().all(|&x| x == 7)
                 && b[3 * 4096] == 9
+        );
+    }
+
+    /// Review F10: a symlink planted where a service's state dir belongs
+    /// made PID 1 (root) chown and chmod the link's target.
+    #[test]
+    fn f10_state_dir_symlink_not_followed() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let var = d.path().join("var");
+        let target = d.path().join("run-gwos");
+        std::fs::create_dir_all(var.join("lib/gwos")).unwrap();
+        std::fs::create_dir(&target).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o1733)).unwrap();
+        let before = std::fs::metadata(&target).unwrap();
+        std::os::unix::fs::symlink("../../../run-gwos", var.join("lib/gwos/tls-front")).unwrap();
+        let e = prepare_service_dir(&var, "tls-front", 803, 803).unwrap_err();
+        let after = std::fs::metadata(&target).unwrap();
+        assert_eq!(
+            (after.uid(), after.gid(), after.mode()),
+            (before.uid(), before.gid(), before.mode()),
+            "the link's target was changed"
+        );
+        assert!(format!("{e:#}").contains("is a symlink"), "{e:#}");
+    }
+
+    /// The refused link is kept aside and the next attempt makes a real directory.
+    #[test]
+    fn refused_symlink_is_moved_aside_then_replaced() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let var = d.path().join("var");
+        std::fs::create_dir_all(var.join("lib/gwos")).unwrap();
+        std::fs::create_dir(d.path().join("target")).unwrap();
+        let link = var.join("lib/gwos/spa");
+        std::os::unix::fs::symlink("../../../target", &link).unwrap();
+        let me = std::fs::metadata(&var).unwrap();
+        let e = prepare_service_dir(&var, "spa", me.uid(), me.gid()).unwrap_err();
+        assert!(format!("{e:#}").contains("moved it to"), "{e:#}");
+        let aside = std::fs::symlink_metadata(var.join("lib/gwos/spa.refused")).unwrap();
+        assert!(aside.file_type().is_symlink());
+        prepare_service_dir(&var, "spa", me.uid(), me.gid()).unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_dir());
+    }
+
+    /// A symlink higher up (`/var/lib` → elsewhere) is refused as well.
+    #[test]
+    fn f10_parent_symlink_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let var = d.path().join("var");
+        std::fs::create_dir_all(&var).unwrap();
+        std::fs::create_dir_all(d.path().join("elsewhere/gwos")).unwrap();
+        std::os::unix::fs::symlink("../elsewhere", var.join("lib")).unwrap();
+        let e = prepare_service_dir(&var, "vpn", 802, 802).unwrap_err();
+        assert!(format!("{e:#}").contains("lib is a symlink"), "{e:#}");
+        assert!(!d.path().join("elsewhere/gwos/vpn").exists());
+    }
+
+    /// A fresh state dir is made with its owner and mode; an existing one is fixed up.
+    #[test]
+    fn service_dir_created_owned_and_private() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let var = d.path().join("var");
+        std::fs::create_dir(&var).unwrap();
+        let me = std::fs::metadata(&var).unwrap();
+        prepare_service_dir(&var, "spa", me.uid(), me.gid()).unwrap();
+        let dir = var.join("lib/gwos/spa");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_service_dir(&var, "spa", me.uid(), me.gid()).unwrap();
+        let m = std::fs::metadata(&dir).unwrap();
+        assert_eq!(
+            (m.uid(), m.mode() & 0o7777, m.is_dir()),
+            (me.uid(), 0o700, true)
         );
     }
 

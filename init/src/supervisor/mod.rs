@@ -1,26 +1,40 @@
 //! The supervisor: starts services from the table in dependency order, each
 //! as `gwosd run <name>` in its sandbox, restarts them with exponential
-//! backoff, marks a flapping service failed (PID 1 carries on), polls each
+//! backoff, marks a flapping service failed and retries it every few minutes
+//! (PID 1 carries on), polls each
 //! service's `health` RPC, and reports when every required service is healthy.
+//!
+//! The decisions are made here and in [`policy`] over (unit states, events,
+//! now); every effect (spawn, signals, cgroup, health probes, clock, console)
+//! goes through [`Effects`], real in [`system`], recorded in the tests.
 
+mod effects;
+pub mod policy;
+pub mod state_keys;
+pub mod system;
 pub mod table;
+#[cfg(test)]
+mod tests;
 
-use std::collections::{HashMap, VecDeque};
-use std::process::Command;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::{cgroup, console, sandbox};
-pub use table::{Service, Table};
+pub use effects::{Effects, ProbeToken};
+pub use policy::{History, Verdict};
+pub use system::SystemEffects;
+pub use table::{Restart, Service, Table};
 
-pub const BACKOFF_START: Duration = Duration::from_millis(500);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
-pub const FLAP_COUNT: usize = 5;
-pub const FLAP_WINDOW: Duration = Duration::from_secs(60);
+/// Probe interval while a unit is not (yet) healthy, and once it is.
 const HEALTH_EVERY: Duration = Duration::from_millis(500);
 const HEALTH_EVERY_HEALTHY: Duration = Duration::from_secs(5);
+/// First probe after a start.
+const FIRST_PROBE: Duration = Duration::from_millis(100);
+/// A probe not answered after this long counts as an unhealthy answer (it
+/// stays in flight: no second thread is started for the same unit).
+const PROBE_DEADLINE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -36,34 +50,31 @@ pub struct Unit {
     pub status: Status,
     pub pid: Option<Pid>,
     pub healthy: bool,
-    failures: VecDeque<Instant>,
-    backoff: Duration,
+    history: History,
     next_start: Instant,
     next_health: Instant,
+    /// The probe in flight: its token and when it was sent.
+    probe: Option<(ProbeToken, Instant)>,
     pub restarts: u32,
 }
 
-pub struct Supervisor {
+pub struct Supervisor<E: Effects = SystemEffects> {
     pub units: Vec<Unit>,
-    exe: String,
+    fx: E,
+    next_token: ProbeToken,
     pub stopping: bool,
 }
 
-/// Records a failure; true when the service has failed FLAP_COUNT times within FLAP_WINDOW.
-pub fn flapping(failures: &mut VecDeque<Instant>, now: Instant) -> bool {
-    failures.push_back(now);
-    while failures
-        .front()
-        .is_some_and(|t| now.duration_since(*t) > FLAP_WINDOW)
-    {
-        failures.pop_front();
+impl Supervisor<SystemEffects> {
+    /// The real supervisor, starting services from `exe` (`/sbin/init`).
+    pub fn new(table: &Table, exe: &str) -> anyhow::Result<Self> {
+        Self::with_effects(table, SystemEffects::new(exe))
     }
-    failures.len() >= FLAP_COUNT
 }
 
-impl Supervisor {
-    pub fn new(table: &Table, exe: &str) -> anyhow::Result<Self> {
-        let now = Instant::now();
+impl<E: Effects> Supervisor<E> {
+    pub fn with_effects(table: &Table, fx: E) -> anyhow::Result<Self> {
+        let now = fx.now();
         let units = table
             .order()?
             .into_iter()
@@ -72,123 +83,161 @@ impl Supervisor {
                 status: Status::Waiting,
                 pid: None,
                 healthy: false,
-                failures: VecDeque::new(),
-                backoff: BACKOFF_START,
+                history: History::default(),
                 next_start: now,
                 next_health: now,
+                probe: None,
                 restarts: 0,
             })
             .collect();
         Ok(Self {
             units,
-            exe: exe.into(),
+            fx,
+            next_token: 1,
             stopping: false,
         })
     }
 
-    fn deps_healthy(&self, s: &Service) -> bool {
-        s.after
-            .iter()
-            .all(|a| self.units.iter().any(|u| &u.svc.name == a && u.healthy))
+    /// Whether every unit `s` is `after` has been started (or tried) once.
+    /// `after` orders starts; it never waits for another unit's health, so a
+    /// failing data-plane service cannot keep control from starting.
+    fn deps_met(&self, s: &Service) -> bool {
+        s.after.iter().all(|a| {
+            self.units
+                .iter()
+                .any(|u| &u.svc.name == a && u.status != Status::Waiting)
+        })
     }
 
-    /// Starts what is due, polls health. Call often (every ~200 ms).
+    /// Takes in finished probes, starts what is due, sends due probes. Never
+    /// waits on a service. Call often (every ~200 ms).
     pub fn tick(&mut self) {
         if self.stopping {
             return;
         }
-        let now = Instant::now();
+        let now = self.fx.now();
+        for (token, ok) in self.fx.probe_results() {
+            self.probe_answered(token, ok, now);
+        }
         for i in 0..self.units.len() {
-            let due = matches!(self.units[i].status, Status::Waiting | Status::Backoff)
-                && self.units[i].next_start <= now;
-            if due && self.deps_healthy(&self.units[i].svc.clone()) {
-                self.start(i);
+            let due = matches!(
+                self.units[i].status,
+                Status::Waiting | Status::Backoff | Status::Failed
+            ) && self.units[i].next_start <= now;
+            if due && self.deps_met(&self.units[i].svc) {
+                self.start(i, now);
             }
-            let u = &mut self.units[i];
-            if u.status == Status::Running && u.next_health <= now {
-                let ok = health(&u.svc.name);
-                if ok != u.healthy {
-                    console::say(&format!(
-                        "service {} {}",
-                        u.svc.name,
-                        if ok { "healthy" } else { "unhealthy" }
-                    ));
-                }
-                u.healthy = ok;
-                u.next_health = now
-                    + if ok {
-                        HEALTH_EVERY_HEALTHY
-                    } else {
-                        HEALTH_EVERY
-                    };
+            self.probe_overdue(i, now);
+            let u = &self.units[i];
+            if u.status == Status::Running && u.probe.is_none() && u.next_health <= now {
+                let token = self.next_token;
+                self.next_token += 1;
+                self.units[i].probe = Some((token, now));
+                let name = self.units[i].svc.name.clone();
+                self.fx.probe(&name, token);
             }
         }
     }
 
-    fn start(&mut self, i: usize) {
+    fn probe_overdue(&mut self, i: usize, now: Instant) {
         let u = &mut self.units[i];
-        let s = &u.svc;
-        let res = (|| -> anyhow::Result<u32> {
-            let mem = table::memory_value(&s.memory_max)?;
-            cgroup::prepare(&s.name, &mem, s.pids_max, s.cpu_weight)?;
-            prepare_state_dir(&s.name, s.uid, s.gid)?;
-            let spec = sandbox::Spec {
-                name: s.name.clone(),
-                uid: s.uid,
-                gid: s.gid,
-                caps: s.caps.clone(),
-                writable: s.writable.clone(),
-                nofile: s.nofile,
+        let overdue = u
+            .probe
+            .is_some_and(|(_, sent)| now.saturating_duration_since(sent) >= PROBE_DEADLINE);
+        if overdue && u.healthy {
+            u.healthy = false;
+            u.history.probed(now, false);
+            let line = format!(
+                "service {} unhealthy: its health probe has not answered for {} s",
+                u.svc.name,
+                PROBE_DEADLINE.as_secs()
+            );
+            self.fx.say(&line);
+        }
+    }
+
+    fn probe_answered(&mut self, token: ProbeToken, ok: bool, now: Instant) {
+        let Some(u) = self
+            .units
+            .iter_mut()
+            .find(|u| u.probe.is_some_and(|(t, _)| t == token))
+        else {
+            return; // the run it probed has ended
+        };
+        u.probe = None;
+        if u.status != Status::Running {
+            return;
+        }
+        if ok != u.healthy {
+            let line = format!(
+                "service {} {}",
+                u.svc.name,
+                if ok { "healthy" } else { "unhealthy" }
+            );
+            self.fx.say(&line);
+        }
+        u.healthy = ok;
+        u.history.probed(now, ok);
+        u.next_health = now
+            + if ok {
+                HEALTH_EVERY_HEALTHY
+            } else {
+                HEALTH_EVERY
             };
-            let child = Command::new(&self.exe)
-                .args(["run", &s.name])
-                .env_clear()
-                .env("PATH", "/usr/bin:/sbin")
-                .env(sandbox::ENV, serde_json::to_string(&spec)?)
-                .spawn()?;
-            Ok(child.id())
-        })();
-        match res {
+    }
+
+    fn start(&mut self, i: usize, now: Instant) {
+        match self.fx.spawn(&self.units[i].svc) {
             Ok(pid) => {
-                console::say(&format!(
+                let u = &mut self.units[i];
+                let line = format!(
                     "service {} started pid {pid} (uid {})",
-                    s.name, s.uid
-                ));
-                u.pid = Some(Pid::from_raw(pid as i32));
+                    u.svc.name, u.svc.uid
+                );
+                u.pid = Some(pid);
                 u.status = Status::Running;
                 u.healthy = false;
-                u.next_health = Instant::now() + Duration::from_millis(100);
+                u.probe = None;
+                u.next_health = now + FIRST_PROBE;
+                self.fx.say(&line);
             }
             Err(e) => {
-                console::say(&format!("service {} could not start: {e:#}", s.name));
-                self.failed_once(i);
+                let line = format!("service {} could not start: {e:#}", self.units[i].svc.name);
+                self.fx.say(&line);
+                self.failed_once(i, now);
             }
         }
     }
 
-    fn failed_once(&mut self, i: usize) {
-        let now = Instant::now();
+    fn failed_once(&mut self, i: usize, now: Instant) {
         let u = &mut self.units[i];
         u.pid = None;
         u.healthy = false;
-        if flapping(&mut u.failures, now) {
-            u.status = Status::Failed;
-            console::say(&format!(
-                "service {} FAILED: {FLAP_COUNT} failures within {}s, not restarting",
-                u.svc.name,
-                FLAP_WINDOW.as_secs()
-            ));
-            return;
-        }
-        u.status = Status::Backoff;
-        u.next_start = now + u.backoff;
-        console::say(&format!(
-            "service {} restarting in {} ms",
-            u.svc.name,
-            u.backoff.as_millis()
-        ));
-        u.backoff = (u.backoff * 2).min(BACKOFF_MAX);
-        u.restarts += 1;
+        u.probe = None;
+        let line = match u.history.failed(now) {
+            Verdict::GiveUp(retry) => {
+                u.status = Status::Failed;
+                u.next_start = now + retry;
+                format!(
+                    "service {} FAILED: {} failures within {}s (or failed again since), retrying in {} s",
+                    u.svc.name,
+                    policy::FLAP_COUNT,
+                    policy::FLAP_WINDOW.as_secs(),
+                    retry.as_secs()
+                )
+            }
+            Verdict::Restart(delay) => {
+                u.status = Status::Backoff;
+                u.next_start = now + delay;
+                u.restarts += 1;
+                format!(
+                    "service {} restarting in {} ms",
+                    u.svc.name,
+                    delay.as_millis()
+                )
+            }
+        };
+        self.fx.say(&line);
     }
 
     /// A child exited: if it was a service, decide about its restart.
@@ -196,22 +245,21 @@ impl Supervisor {
         let Some(i) = self.units.iter().position(|u| u.pid == Some(pid)) else {
             return;
         };
-        cgroup::kill_all(&self.units[i].svc.name);
-        console::say(&format!(
-            "service {} (pid {pid}) exited: {how}",
-            self.units[i].svc.name
-        ));
-        if self.stopping {
-            self.units[i].status = Status::Stopped;
-            self.units[i].pid = None;
+        let name = self.units[i].svc.name.clone();
+        self.fx.kill_group(&name);
+        self.fx
+            .say(&format!("service {name} (pid {pid}) exited: {how}"));
+        let final_exit = success && self.units[i].svc.restart == Restart::OnFailure;
+        if self.stopping || final_exit {
+            let u = &mut self.units[i];
+            u.status = Status::Stopped;
+            u.pid = None;
+            u.healthy = false;
+            u.probe = None;
             return;
         }
-        if success && self.units[i].svc.restart == "on-failure" {
-            self.units[i].status = Status::Stopped;
-            self.units[i].pid = None;
-            return;
-        }
-        self.failed_once(i);
+        let now = self.fx.now();
+        self.failed_once(i, now);
     }
 
     /// Every required service reports healthy (true for an empty table).
@@ -229,13 +277,13 @@ impl Supervisor {
             .and_then(|u| u.pid)
     }
 
-    pub fn signal_all(&self, sig: Signal) {
+    pub fn signal_all(&mut self, sig: Signal) {
         for u in &self.units {
             if let Some(p) = u.pid {
-                let _ = kill(p, sig);
+                self.fx.signal(p, sig);
             }
             if sig == Signal::SIGKILL {
-                cgroup::kill_all(&u.svc.name);
+                self.fx.kill_group(&u.svc.name);
             }
         }
     }
@@ -257,52 +305,5 @@ impl Supervisor {
                 )
             })
             .collect()
-    }
-}
-
-fn prepare_state_dir(name: &str, uid: u32, gid: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let d = format!("{}/{name}", gwos_core::context::STATE_ROOT);
-    std::fs::create_dir_all(&d)?;
-    std::os::unix::fs::chown(&d, Some(uid), Some(gid))?;
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
-    Ok(())
-}
-
-/// `health` over the service's socket: `{"ok":true,"result":{"healthy":true}}`.
-pub fn health(name: &str) -> bool {
-    let p =
-        gwos_core::context::socket_path(std::path::Path::new(gwos_core::context::RUN_DIR), name);
-    match gwos_core::rpc::call(
-        &p,
-        "health",
-        serde_json::json!({}),
-        None,
-        Duration::from_secs(1),
-    ) {
-        Ok(r) => r.ok && r.result.get("healthy").and_then(|v| v.as_bool()) == Some(true),
-        Err(_) => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flap_detection_window() {
-        let mut f = VecDeque::new();
-        let t = Instant::now();
-        for i in 0..4 {
-            assert!(!flapping(&mut f, t + Duration::from_secs(i)));
-        }
-        assert!(flapping(&mut f, t + Duration::from_secs(5)));
-        let mut g = VecDeque::new();
-        for i in 0..10 {
-            assert!(
-                !flapping(&mut g, t + Duration::from_secs(i * 20)),
-                "spread-out failures are not flapping"
-            );
-        }
     }
 }

@@ -26,7 +26,7 @@ pub struct Service {
     /// Paths writable in the service's mount namespace (its state dir is always writable).
     #[serde(default)]
     pub writable: Vec<String>,
-    /// Services that must be healthy before this one starts.
+    /// Services started before this one (order only: never waits for their health).
     #[serde(default)]
     pub after: Vec<String>,
     /// cgroup v2 memory.max (bytes or "max"; suffixes K, M, G).
@@ -39,12 +39,21 @@ pub struct Service {
     /// RLIMIT_NOFILE.
     #[serde(default = "d_nofile")]
     pub nofile: u64,
-    /// "always" or "on-failure" (an exit 0 is then final) .
-    #[serde(default = "d_restart")]
-    pub restart: String,
+    /// When an exited service is started again.
+    #[serde(default)]
+    pub restart: Restart,
     /// Whether the ready line and boot blessing wait for this service's health.
     #[serde(default = "d_true")]
     pub required: bool,
+}
+
+/// `restart = "always" | "on-failure"` (after an exit 0, an on-failure service stays stopped).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    #[default]
+    Always,
+    OnFailure,
 }
 
 fn d_mem() -> String {
@@ -58,9 +67,6 @@ fn d_weight() -> u32 {
 }
 fn d_nofile() -> u64 {
     1024
-}
-fn d_restart() -> String {
-    "always".into()
 }
 fn d_true() -> bool {
     true
@@ -81,9 +87,6 @@ impl Table {
             }
             if s.uid == 0 || s.gid == 0 {
                 bail!("service {} must not run as root", s.name);
-            }
-            if !["always", "on-failure"].contains(&s.restart.as_str()) {
-                bail!("service {}: restart must be always or on-failure", s.name);
             }
             for c in &s.caps {
                 c.parse::<caps::Capability>()

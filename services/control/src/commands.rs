@@ -31,6 +31,8 @@ pub struct Control {
     /// Approval tokens already used (F5: one call per token).
     pub approvals: Mutex<crate::approval::UsedApprovals>,
     pub runtime: Mutex<RuntimeConfig>,
+    /// Seals keys.json and runtime.json (from PID 1; `None`: no runtime state).
+    pub state_key: Option<gwos_core::sealed::SealKey>,
     pub audit: AuditLog,
     /// Aggregates refusals before authentication (F7).
     pub refusals: Mutex<crate::refusals::Refusals>,
@@ -111,9 +113,11 @@ impl Control {
         run_dir: &std::path::Path,
         host_fingerprint: String,
     ) -> anyhow::Result<Self> {
-        let keys = KeyStore::load(&site.keys, state_dir)?;
-        let runtime: RuntimeConfig =
-            gwos_core::state::read_json(&state_dir.join("runtime.json"))?.unwrap_or_default();
+        // keys.json and runtime.json are sealed with PID 1's per-machine key
+        // (review F10): a file edited offline is refused, the site keys stay.
+        let state_key = crate::keys::state_key(run_dir);
+        let keys = KeyStore::load(&site.keys, state_dir, state_key.clone())?;
+        let runtime = RuntimeConfig::load(state_dir, state_key.as_ref());
         Ok(Self {
             audit: AuditLog::new(state_dir, site.audit_max_bytes, site.audit_files),
             refusals: Mutex::new(crate::refusals::Refusals::default()),
@@ -123,6 +127,7 @@ impl Control {
             keys: Mutex::new(keys),
             approvals: Mutex::new(crate::approval::UsedApprovals::load(state_dir)?),
             runtime: Mutex::new(runtime),
+            state_key,
             host_fingerprint,
             started: Instant::now(),
             sessions: AtomicUsize::new(0),

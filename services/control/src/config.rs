@@ -1,8 +1,10 @@
 //! `[control]` in the site config, and runtime overrides set by `config_set`
-//! (kept in `<state_dir>/runtime.json`).
+//! (kept in `<state_dir>/runtime.json`, sealed like keys.json: an override
+//! not sealed under this machine's key is refused and the site config used).
 
 use std::time::Duration;
 
+use gwos_core::sealed::SealKey;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -119,7 +121,32 @@ pub struct RuntimeConfig {
     pub rpc_timeout_secs: Option<u64>,
 }
 
+/// What `runtime.json` is sealed as.
+const RUNTIME_PURPOSE: &str = "control/runtime.json";
+
 impl RuntimeConfig {
+    /// The overrides in `<state_dir>/runtime.json`; none when it is missing or refused.
+    pub fn load(state_dir: &std::path::Path, seal: Option<&SealKey>) -> Self {
+        gwos_core::sealed::read_json_or_refuse(
+            seal,
+            "control",
+            RUNTIME_PURPOSE,
+            &state_dir.join("runtime.json"),
+        )
+        .unwrap_or_default()
+    }
+
+    /// Writes the overrides sealed, atomically.
+    pub fn save(&self, state_dir: &std::path::Path, seal: Option<&SealKey>) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let seal = seal.context(
+            "runtime overrides need the sealing key PID 1 provides (/run/gwos/keys/control.key), which is missing",
+        )?;
+        gwos_core::sealed::write_json(seal, RUNTIME_PURPOSE, &state_dir.join("runtime.json"), self)
+    }
+
+    pub fn apply(&mut self, set: &crate::request::ConfigSet) {
+
     pub fn apply(&mut self, set: &crate::params::ConfigSet) {
         if let Some(v) = &set.siem_endpoint {
             self.siem_endpoint = v.clone();
@@ -206,5 +233,32 @@ mod tests {
         };
         let e = site.validate().unwrap_err().to_string();
         assert_eq!(e, "[control] audit_files must be 1..=64, not 0");
+    /// Review F10: a `backend` widened in runtime.json offline must not
+    /// take effect; the site config's value stays.
+    #[test]
+    fn f10_tampered_runtime_file_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let seal = SealKey::derive(&[3; 32], "control");
+        let rt = RuntimeConfig {
+            backend: Some(vec!["10.1.0.0/24".into()]),
+            ..Default::default()
+        };
+        rt.save(dir.path(), Some(&seal)).unwrap();
+        assert_eq!(RuntimeConfig::load(dir.path(), Some(&seal)), rt);
+        let path = dir.path().join("runtime.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let edited = text.replace("10.1.0.0/24", "0.0.0.0/0");
+        assert_ne!(text, edited);
+        std::fs::write(&path, edited).unwrap();
+        assert_eq!(
+            RuntimeConfig::load(dir.path(), Some(&seal)),
+            RuntimeConfig::default()
+        );
+        // An unsealed file (offline edit, or an older image's) is refused the same way.
+        std::fs::write(&path, r#"{"backend":["0.0.0.0/0"]}"#).unwrap();
+        assert_eq!(
+            RuntimeConfig::load(dir.path(), Some(&seal)),
+            RuntimeConfig::default()
+        );
     }
 }

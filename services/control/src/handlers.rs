@@ -201,7 +201,7 @@ pub(crate) fn config_set(ctl: &Control, p: ConfigSet, cx: &Ctx<'_>) -> Out {
     let mut rt = ctl.runtime.lock().unwrap_or_else(|p| p.into_inner());
     let mut next = rt.clone();
     next.apply(&p);
-    gwos_core::state::write_json(&ctl.state_dir.join("runtime.json"), &next)
+    next.save(&ctl.state_dir, ctl.state_key.as_ref())
         .map_err(|e| format!("saving runtime config: {e:#}"))?;
     *rt = next;
     drop(rt);

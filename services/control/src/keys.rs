@@ -1,10 +1,13 @@
 //! Control keys: ed25519 SSH public keys with scopes, from the site config
 //! (baked into the image) and from state (`control_key_add`, kept in
-//! `<state_dir>/keys.json`, written atomically).
+//! `<state_dir>/keys.json`, written atomically and sealed with the key PID 1
+//! gives control, [`gwos_core::sealed`]). A keys.json that is not sealed
+//! under this machine's key is refused loudly; the site keys still work.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use gwos_core::sealed::SealKey;
 use russh::keys::{Algorithm, HashAlg, PublicKey};
 use serde::{Deserialize, Serialize};
 
@@ -91,16 +94,33 @@ impl Key {
     }
 }
 
+/// What `keys.json` is sealed as.
+const PURPOSE: &str = "control/keys.json";
+
+/// control's sealing key from `<run_dir>/keys/control.key`; `None` (said
+/// loudly) when PID 1 did not provide one: runtime keys then stay off.
+pub fn state_key(run_dir: &Path) -> Option<SealKey> {
+    let path = gwos_core::sealed::key_path(run_dir, "control");
+    match SealKey::load(&path) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            eprintln!("control: no state sealing key ({e}): runtime keys and overrides are ignored and cannot be changed; site keys still work");
+            None
+        }
+    }
+}
+
 /// Site keys plus state keys.
 #[derive(Debug)]
 pub struct KeyStore {
     site: Vec<Key>,
     state: Vec<Key>,
     path: PathBuf,
+    seal: Option<SealKey>,
 }
 
 impl KeyStore {
-    pub fn load(site: &[KeyConfig], state_dir: &Path) -> Result<Self> {
+    pub fn load(site: &[KeyConfig], state_dir: &Path, seal: Option<SealKey>) -> Result<Self> {
         let mut site_keys = Vec::new();
         for (i, c) in site.iter().enumerate() {
             site_keys.push(
@@ -109,7 +129,9 @@ impl KeyStore {
             );
         }
         let path = state_dir.join("keys.json");
-        let stored: Vec<KeyConfig> = gwos_core::state::read_json(&path)?.unwrap_or_default();
+        let stored: Vec<KeyConfig> =
+            gwos_core::sealed::read_json_or_refuse(seal.as_ref(), "control", PURPOSE, &path)
+                .unwrap_or_default();
         let mut state = Vec::new();
         for (i, c) in stored.iter().enumerate() {
             state.push(
@@ -121,6 +143,7 @@ impl KeyStore {
             site: site_keys,
             state,
             path,
+            seal,
         })
     }
 
@@ -134,7 +157,11 @@ impl KeyStore {
 
     fn save(&self, keys: &[Key]) -> Result<()> {
         let configs: Vec<&KeyConfig> = keys.iter().map(|k| &k.config).collect();
-        gwos_core::state::write_json(&self.path, &configs).context("writing control keys")
+        let seal = self.seal.as_ref().context(
+            "runtime key changes need the sealing key PID 1 provides (/run/gwos/keys/control.key), which is missing",
+        )?;
+        gwos_core::sealed::write_json(seal, PURPOSE, &self.path, &configs)
+            .context("writing control keys")
     }
 
     /// Adds a state key; an already known fingerprint is an error.
@@ -173,6 +200,83 @@ mod tests {
     pub const K1: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEnnDDsPI1HfLZ3ZXVRmxXbUxaRCjtMiQvOxJSuLS0FF test@one";
 
+    const K2: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDXorXEB1k70trzpQRK45ImgkdRoOy781cURVug71Qz0 attacker@disk";
+
+    /// Review F10: an admin key appended to keys.json offline was trusted
+    /// at the next start.
+    #[test]
+    fn f10_tampered_keys_file_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = KeyConfig {
+            key: K1.into(),
+            scopes: vec!["admin".into()],
+            comment: None,
+            added_by: None,
+            added_at: None,
+        };
+        let path = dir.path().join("keys.json");
+        let k2 = fingerprint(&parse_ed25519_line(K2).unwrap());
+        // Plain JSON, as an offline editor (or an older image) writes it.
+        let forged = serde_json::json!([{"key": K2, "scopes": ["admin"]}]);
+        std::fs::write(&path, forged.to_string()).unwrap();
+        let s = KeyStore::load(std::slice::from_ref(&site), dir.path(), Some(seal())).unwrap();
+        assert!(s.find(&k2).is_none(), "forged admin key accepted");
+        assert_eq!(s.all().count(), 1, "site key still there");
+        assert!(dir.path().join("keys.json.refused").exists());
+        // A sealed file whose payload was edited offline: refused too.
+        let mut s = KeyStore::load(std::slice::from_ref(&site), dir.path(), Some(seal())).unwrap();
+        let mut vpn = site.clone();
+        vpn.key = K2.into();
+        vpn.scopes = vec!["vpn:read".into()];
+        s.add(vpn).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let edited = text.replace("\"vpn:read\"", "\"admin\"");
+        assert_ne!(text, edited);
+        std::fs::write(&path, edited).unwrap();
+        let s = KeyStore::load(&[site], dir.path(), Some(seal())).unwrap();
+        assert!(s.find(&k2).is_none(), "edited key accepted");
+        assert_eq!(s.all().count(), 1, "site key still there");
+    }
+
+    /// Another machine's key (a disk moved or its state copied) does not open the file.
+    #[test]
+    fn keys_sealed_elsewhere_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = KeyStore::load(&[], dir.path(), Some(seal())).unwrap();
+        s.add(vpn_read(K1)).unwrap();
+        let other = SealKey::derive(&[2; 32], "control");
+        let s = KeyStore::load(&[], dir.path(), Some(other)).unwrap();
+        assert_eq!(s.all().count(), 0);
+    }
+
+    /// Without a sealing key runtime keys are neither read nor written.
+    #[test]
+    fn no_seal_key_no_runtime_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = KeyStore::load(&[], dir.path(), Some(seal())).unwrap();
+        s.add(vpn_read(K1)).unwrap();
+        let mut s = KeyStore::load(&[], dir.path(), None).unwrap();
+        assert_eq!(s.all().count(), 0);
+        let e = s.add(vpn_read(K1)).unwrap_err();
+        assert!(e.contains("control.key"), "{e}");
+        assert!(dir.path().join("keys.json").exists(), "left alone");
+    }
+
+    fn seal() -> SealKey {
+        SealKey::derive(&[1; 32], "control")
+    }
+
+    fn vpn_read(key: &str) -> KeyConfig {
+        KeyConfig {
+            key: key.into(),
+            scopes: vec!["vpn:read".into()],
+            comment: None,
+            added_by: None,
+            added_at: None,
+        }
+    }
+
     #[test]
     fn parse_and_persist() {
         assert_eq!(parse_ed25519_line(K1).unwrap().comment(), "test@one");
@@ -182,7 +286,7 @@ mod tests {
             "only ssh-ed25519 keys are accepted, not ssh-rsa"
         );
         let dir = tempfile::tempdir().unwrap();
-        let mut s = KeyStore::load(&[], dir.path()).unwrap();
+        let mut s = KeyStore::load(&[], dir.path(), Some(seal())).unwrap();
         let c = KeyConfig {
             key: K1.into(),
             scopes: vec!["vpn:read".into()],
@@ -195,11 +299,11 @@ mod tests {
         assert!(k.fingerprint.starts_with("SHA256:"));
         let e = s.add(c).unwrap_err();
         assert!(e.ends_with("is already present"), "{e}");
-        let s2 = KeyStore::load(&[], dir.path()).unwrap();
+        let s2 = KeyStore::load(&[], dir.path(), Some(seal())).unwrap();
         assert!(s2.find(&k.fingerprint).is_some());
-        let mut s3 = KeyStore::load(&[], dir.path()).unwrap();
+        let mut s3 = KeyStore::load(&[], dir.path(), Some(seal())).unwrap();
         s3.remove(&k.fingerprint).unwrap();
-        assert!(KeyStore::load(&[], dir.path())
+        assert!(KeyStore::load(&[], dir.path(), Some(seal()))
             .unwrap()
             .find(&k.fingerprint)
             .is_none());

@@ -140,6 +140,10 @@ impl Lab {
             must("ip", &["-n", ns, "link", "set", dev, "up"]);
             must("ip", &["-n", ns, "link", "set", "lo", "up"]);
         }
+        // What PID 1 does before starting control: its state sealing key.
+        let key = gwos_core::sealed::key_path(&lab.path("run"), "control");
+        std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+        std::fs::write(&key, gwos_core::sealed::new_secret()).unwrap();
         lab
     }
 

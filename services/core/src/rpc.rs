@@ -182,7 +182,41 @@ fn server_uid_ok(name: &str, want: u32, uid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Calls `method` on the service socket at `path` (blocking, with a timeout).
+/// Connects to `path`, waiting at most `timeout`. A blocking `connect()` on
+/// a Unix stream socket sleeps while the listener's accept queue is full,
+/// and with no send timeout it sleeps forever (a wedged or hostile service
+/// would freeze its caller); the kernel bounds that sleep by SO_SNDTIMEO,
+/// so it is set before connecting and fails with EAGAIN when it runs out.
+fn connect(path: &Path, timeout: Duration) -> Result<StdUnixStream> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let unavailable = || format!("service socket {} unavailable", path.display());
+    let addr = UnixAddr::new(path).with_context(unavailable)?;
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("creating a Unix socket")?;
+    let tv = nix::sys::time::TimeVal::new(
+        timeout.as_secs().try_into().unwrap_or(i64::MAX),
+        timeout.subsec_micros().into(),
+    );
+    socket::setsockopt(&fd, sockopt::SendTimeout, &tv).context("setting SO_SNDTIMEO")?;
+    match socket::connect(fd.as_raw_fd(), &addr) {
+        Ok(()) => Ok(StdUnixStream::from(fd)),
+        Err(nix::errno::Errno::EAGAIN) => anyhow::bail!(
+            "service socket {} did not accept the connection within {}s (its listen queue is full: the service is wedged or hostile); giving up",
+            path.display(),
+            timeout.as_secs_f32()
+        ),
+        Err(e) => Err(std::io::Error::from(e)).with_context(unavailable),
+    }
+}
+
+/// Calls `method` on the service socket at `path` (blocking; connecting,
+/// writing and reading each take at most `timeout`).
 pub fn call(
     path: &Path,
     method: &str,
@@ -190,8 +224,7 @@ pub fn call(
     trace_id: Option<&str>,
     timeout: Duration,
 ) -> Result<Response> {
-    let stream = StdUnixStream::connect(path)
-        .with_context(|| format!("service socket {} unavailable", path.display()))?;
+    let stream = connect(path, timeout)?;
     check_server(path, &stream)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
@@ -285,6 +318,49 @@ mod tests {
         BufReader::new(&s).read_line(&mut line).unwrap();
         let r: Response = serde_json::from_str(&line).unwrap();
         assert!(!r.ok && r.error.unwrap().starts_with("malformed request"));
+    }
+
+    /// Review F4: connect() on a Unix socket whose listen queue is full used
+    /// to sleep forever; with the timeout the call fails within bounds.
+    #[test]
+    fn f4_connect_to_full_backlog_times_out() {
+        use nix::sys::socket::{
+            bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wedged.sock");
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &UnixAddr::new(&path).unwrap(),
+        )
+        .unwrap();
+        listen(&fd, Backlog::new(0).unwrap()).unwrap();
+        // One client fills the queue; nobody ever accepts.
+        let _queued = StdUnixStream::connect(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let t = std::time::Instant::now();
+            let r = call(&p, "health", json!({}), None, Duration::from_secs(1));
+            let _ = tx.send((r.map(|_| ()).map_err(|e| format!("{e:#}")), t.elapsed()));
+        });
+        let (r, took) = rx
+            .recv_timeout(Duration::from_secs(3))
+            .expect("call() returned within 3 s");
+        let e = r.expect_err("a wedged service gives an error");
+        assert!(e.contains("did not accept the connection within 1s"), "{e}");
+        assert!(
+            took >= Duration::from_millis(900),
+            "waited the timeout: {took:?}"
+        );
+        drop(fd);
     }
 
     fn my_uid() -> u32 {
