@@ -145,8 +145,6 @@ impl RuntimeConfig {
         gwos_core::sealed::write_json(seal, RUNTIME_PURPOSE, &state_dir.join("runtime.json"), self)
     }
 
-    pub fn apply(&mut self, set: &crate::request::ConfigSet) {
-
     pub fn apply(&mut self, set: &crate::params::ConfigSet) {
         if let Some(v) = &set.siem_endpoint {
             self.siem_endpoint = v.clone();
@@ -233,6 +231,8 @@ mod tests {
         };
         let e = site.validate().unwrap_err().to_string();
         assert_eq!(e, "[control] audit_files must be 1..=64, not 0");
+    }
+
     /// Review F10: a `backend` widened in runtime.json offline must not
     /// take effect; the site config's value stays.
     #[test]
