@@ -53,7 +53,18 @@ pub fn site_key(k: &TestKey, scopes: &[&str]) -> KeyConfig {
     }
 }
 
+/// What PID 1 does before it starts control: the state sealing key in
+/// `<run>/keys/control.key` (review F10).
+pub fn seal_key(run: &Path) {
+    let key = gwos_core::sealed::key_path(run, "control");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    if !key.exists() {
+        std::fs::write(&key, gwos_core::sealed::new_secret()).unwrap();
+    }
+}
+
 pub fn control(state: &Path, site: ControlConfig) -> Control {
+    seal_key(&state.join("run"));
     site.validate().unwrap();
     Control::new(site, state, &state.join("run"), "SHA256:host".into()).unwrap()
 }
@@ -155,6 +166,7 @@ pub fn serve_on(state: &Path, mut site: ControlConfig, port: u16) -> Served {
     site.validate().unwrap();
     let host = gwos_control::server::host_key(state).unwrap();
     let host_fp = gwos_control::keys::fingerprint(host.public_key());
+    seal_key(&state.join("run"));
     let ctl = std::sync::Arc::new(Control::new(site, state, &state.join("run"), host_fp).unwrap());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
