@@ -26,7 +26,10 @@ kernel: deps
 	@kernel-config/build-kernel.sh $(KERNEL)
 
 # Debian 12 ships libnftnl.a but no libmnl.a: the static build links our
-# stand-in built from services/netfilter/mnl-static/mnl.c (see its header).
+# stand-in built from services/netfilter/mnl-static/mnl.c. Its header says why
+# it is not upstream libmnl built from source (the source package cannot be
+# fetched here); services/netfilter/tests/mnl_equivalence.rs checks it
+# against the real libmnl.so.
 MNL_STATIC := $(OUT)/lib/libmnl.a
 $(MNL_STATIC): services/netfilter/mnl-static/mnl.c
 	mkdir -p $(OUT)/lib

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use gwos_core::SiteConfig;
 use serde::Deserialize;
 
 pub const DEFAULT_TOML: &str = include_str!("../../image.toml");
@@ -87,6 +88,7 @@ impl Config {
         let mut c: Config = toml::from_str(text).context("image config")?;
         c.base_dir = base_dir.to_path_buf();
         c.validate()?;
+        check_site(&c.site)?;
         Ok(c)
     }
 
@@ -151,6 +153,59 @@ impl Config {
     }
 }
 
+type SiteCheck = fn(&SiteConfig) -> Result<()>;
+
+/// Each site section with the parser its service runs at boot, so that a
+/// site config a service would refuse is refused by `gwos build` instead.
+/// Every entry of `gwos_core::site::SECTIONS` has one (checked by a test).
+pub const SITE_CHECKS: &[(&str, SiteCheck)] = &[
+    ("system", |s| {
+        s.section::<gwos_init::stage2::SystemConfig>("system")
+            .map(drop)
+    }),
+    ("network", |s| {
+        s.section::<gwos_init::net::NetworkConfig>("network")
+            .map(drop)
+    }),
+    ("firewall", |s| {
+        gwos_netfilter::base::BaseConfig::from_site(s)
+            .map(drop)
+            .context("site config section [firewall]")
+    }),
+    ("spa", |s| {
+        let cfg: gwos_spa::service::SpaConfig = s.section("spa")?;
+        gwos_spa::service::build_users(&cfg, &[])
+            .map(drop)
+            .context("site config section [spa]")
+    }),
+    ("vpn", |s| {
+        let cfg: gwos_vpn::config::VpnConfig = s.section("vpn")?;
+        cfg.pool
+            .parse::<ipnet::Ipv4Net>()
+            .map(drop)
+            .with_context(|| format!("site config section [vpn]: pool {:?}", cfg.pool))
+    }),
+    ("tls-front", |s| {
+        s.section::<gwos_tls_front::server::FrontConfig>("tls-front")
+            .map(drop)
+    }),
+    ("control", |s| {
+        s.section::<gwos_control::config::ControlConfig>("control")?
+            .validate()
+            .context("site config section [control]")
+    }),
+];
+
+/// `[site]` as the gateway will read it: unknown sections and keys, and
+/// values a service refuses, are errors naming the section.
+pub fn check_site(site: &toml::Table) -> Result<()> {
+    let site = SiteConfig::from_table(site.clone()).context("[site]")?;
+    for (name, check) in SITE_CHECKS {
+        check(&site).with_context(|| format!("[site.{name}] would be refused at boot"))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +225,40 @@ mod tests {
             Config::parse("[partitions]\nesp_mib = 8\n", Path::new(".")).unwrap_err()
         );
         assert!(e.contains("esp_mib"), "{e}");
+    }
+
+    #[test]
+    fn every_site_section_has_a_check() {
+        for (name, owner) in gwos_core::site::SECTIONS {
+            assert!(
+                SITE_CHECKS.iter().any(|(n, _)| n == name),
+                "[{name}] ({owner}) has no check in SITE_CHECKS"
+            );
+        }
+        assert_eq!(SITE_CHECKS.len(), gwos_core::site::SECTIONS.len());
+    }
+
+    fn site_error(text: &str) -> String {
+        format!("{:#}", Config::parse(text, Path::new(".")).unwrap_err())
+    }
+
+    #[test]
+    fn unknown_site_section_is_refused_by_name() {
+        let e = site_error("[site.sap]\nport = 1\n");
+        assert!(e.contains("unknown site config section [sap]"), "{e}");
+    }
+
+    #[test]
+    fn unknown_site_key_is_refused_by_name() {
+        let e = site_error("[site.spa]\nprot = 1\n");
+        assert!(e.contains("[site.spa]") && e.contains("prot"), "{e}");
+    }
+
+    #[test]
+    fn site_value_a_service_refuses_is_refused() {
+        let e = site_error("[site.vpn]\npool = \"10.9.0.0/33\"\n");
+        assert!(e.contains("[site.vpn]") && e.contains("10.9.0.0/33"), "{e}");
+        let e = site_error("[site.network]\naddress = 7\n");
+        assert!(e.contains("[site.network]") && e.contains("address"), "{e}");
     }
 }

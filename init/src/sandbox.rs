@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 pub const ENV: &str = "GWOS_SANDBOX";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Spec {
     pub name: String,
     pub uid: u32,

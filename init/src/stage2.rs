@@ -21,9 +21,9 @@ const SITE: &str = "/etc/gwos/site.toml";
 const GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default, serde::Deserialize)]
-#[serde(default)]
-struct SystemConfig {
-    hostname: String,
+#[serde(default, deny_unknown_fields)]
+pub struct SystemConfig {
+    pub hostname: String,
 }
 
 pub fn main(t0_ms: u64) -> ! {

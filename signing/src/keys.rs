@@ -216,7 +216,12 @@ mod tests {
         let pubk = PublicKey::load(&p.with_extension("pub")).unwrap();
         assert_eq!(pubk, k.public());
         // never overwrites
-        assert!(k.save(&p).is_err());
+        match k.save(&p) {
+            Err(Error::Io { source, .. }) => {
+                assert_eq!(source.kind(), std::io::ErrorKind::AlreadyExists)
+            }
+            other => panic!("expected AlreadyExists, got {other:?}"),
+        }
         // too-open mode refused
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = ReleaseKey::load(&p).unwrap_err().to_string();
@@ -226,7 +231,11 @@ mod tests {
     #[test]
     fn load_dir_reads_all_pub_files() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(load_dir(dir.path()).is_err());
+        let e = load_dir(dir.path()).unwrap_err();
+        assert!(
+            matches!(&e, Error::Key(m) if m.starts_with("no release keys (*.pub) in")),
+            "{e}"
+        );
         let a = ReleaseKey::from_seed(&[1; 32]).public();
         let b = ReleaseKey::from_seed(&[2; 32]).public();
         std::fs::write(
@@ -244,7 +253,11 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert!(got.contains(&a) && got.contains(&b));
         std::fs::write(dir.path().join("zz.pub"), "garbage").unwrap();
-        assert!(load_dir(dir.path()).is_err());
+        let e = load_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("zz.pub") && e.contains("public key must be 64 hex digits"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -258,8 +271,14 @@ mod tests {
 
     #[test]
     fn bad_key_text() {
-        assert!(PublicKey::parse("zz").is_err());
-        assert!(ReleaseKey::parse("00").is_err());
+        assert!(matches!(
+            PublicKey::parse("zz"),
+            Err(Error::Key(m)) if m == "public key must be 64 hex digits (32 bytes)"
+        ));
+        assert!(matches!(
+            ReleaseKey::parse("00"),
+            Err(Error::Key(m)) if m == "private key must be 64 hex digits or PKCS#8 PEM"
+        ));
         let id = ReleaseKey::from_seed(&[7; 32]).public();
         assert_eq!(
             PublicKey::parse(&(id.to_file_text().trim().to_owned() + " comment")).unwrap(),

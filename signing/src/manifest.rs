@@ -194,7 +194,10 @@ mod tests {
         // unknown field → refused
         let mut v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         v["extra"] = 1.into();
-        assert!(Manifest::from_canonical_bytes(&serde_json::to_vec(&v).unwrap()).is_err());
+        assert!(matches!(
+            Manifest::from_canonical_bytes(&serde_json::to_vec(&v).unwrap()),
+            Err(Error::Json(m)) if m.contains("unknown field `extra`")
+        ));
     }
 
     #[test]
@@ -215,12 +218,16 @@ mod tests {
     fn field_validation() {
         let mut m = sample();
         m.data_size = 1;
-        assert!(m.validate().is_err());
+        assert!(
+            matches!(m.validate(), Err(Error::Field(f)) if f.starts_with("data_size must equal"))
+        );
         let mut m = sample();
         m.root_hash = "BB".repeat(32);
-        assert!(m.validate().is_err());
+        assert!(matches!(m.validate(), Err(Error::Field(f)) if f.starts_with("root_hash:")));
         let mut m = sample();
         m.security_floor = 4;
-        assert!(m.validate().is_err());
+        assert!(
+            matches!(m.validate(), Err(Error::Field(f)) if f == "security_floor is above version")
+        );
     }
 }

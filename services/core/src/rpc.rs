@@ -21,6 +21,7 @@ use tokio::net::UnixListener;
 pub const MAX_MESSAGE: usize = 1 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Request {
     pub method: String,
     #[serde(default)]
@@ -30,6 +31,7 @@ pub struct Request {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Response {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Value::is_null")]

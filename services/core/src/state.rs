@@ -75,6 +75,10 @@ mod tests {
         let leftovers: Vec<_> = fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "temp files left behind");
         fs::write(&p, b"{not json").unwrap();
-        assert!(read_json::<Vec<u32>>(&p).is_err());
+        let e = format!("{:#}", read_json::<Vec<u32>>(&p).unwrap_err());
+        assert!(
+            e.contains("parsing") && e.contains("users.json") && e.contains("expected a sequence"),
+            "{e}"
+        );
     }
 }

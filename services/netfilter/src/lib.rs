@@ -101,10 +101,9 @@ pub fn set_backend(addrs: &[IpNet]) -> Result<(), Error> {
 }
 
 fn list_raw(set: &str) -> Result<Vec<(Vec<u8>, u32)>, Error> {
-    // interval ends are reported as elements too; re-deriving flags is not needed for deletion
-    // of plain keys, but interval-end elements must be deleted with their flag
+    // interval ends are reported as elements too and must be deleted with their flag
     let elems = nl::list_elems(TABLE, set).map_err(|e| Error::Netlink("listing a set", e))?;
-    Ok(elems.into_iter().map(|(k, _)| (k, 0)).collect())
+    Ok(elems.into_iter().map(|(k, flags, _)| (k, flags)).collect())
 }
 
 /// One element of an spa set, decoded.
@@ -121,7 +120,7 @@ pub struct SpaElement {
 pub fn list_elements() -> Result<Vec<SpaElement>, Error> {
     let mut out = Vec::new();
     for (set, alen) in [(base::SET_SPA_V4, 4usize), (base::SET_SPA_V6, 16)] {
-        for (k, exp) in
+        for (k, _, exp) in
             nl::list_elems(TABLE, set).map_err(|e| Error::Netlink("listing an spa set", e))?
         {
             if k.len() != alen + 8 {

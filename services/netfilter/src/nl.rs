@@ -406,8 +406,9 @@ pub struct Expr {
     pub attrs: Vec<(u32, Val)>,
 }
 
-/// Lists the keys (and remaining ms) of the elements of a set.
-pub fn list_elems(table: &str, set: &str) -> io::Result<Vec<(Vec<u8>, u64)>> {
+/// Lists the elements of a set: key, NFT_SET_ELEM_* flags (an interval
+/// set's end elements carry INTERVAL_END) and remaining ms.
+pub fn list_elems(table: &str, set: &str) -> io::Result<Vec<(Vec<u8>, u32, u64)>> {
     let (t, n) = (cstr(table), cstr(set));
     let sock = mnl::Socket::new(mnl::Bus::Netfilter)?;
     set_rcv_timeout(&sock, 2)?;
@@ -429,58 +430,63 @@ pub fn list_elems(table: &str, set: &str) -> io::Result<Vec<(Vec<u8>, u64)>> {
         (*nlh).nlmsg_len as usize
     };
     sock.send(&buf[..len])?;
+    // libmnl's callback runner walks each datagram: it checks sequence and
+    // port id, stops at NLMSG_DONE or the final ack, turns an NLMSG_ERROR into
+    // its errno, and hands every data message to `parse_elems`.
     let mut out = Vec::new();
     let mut rbuf = vec![0u8; 1 << 17];
-    'outer: loop {
+    loop {
         let n = sock.recv(&mut rbuf)?;
-        let mut off = 0;
-        while off + 16 <= n {
-            let mlen = u32::from_ne_bytes(rbuf[off..off + 4].try_into().unwrap()) as usize;
-            let ty = u16::from_ne_bytes(rbuf[off + 4..off + 6].try_into().unwrap());
-            if mlen < 16 || off + mlen > n {
-                break 'outer;
-            }
-            if ty == libc::NLMSG_DONE as u16 {
-                break 'outer;
-            }
-            if ty == libc::NLMSG_ERROR as u16 {
-                let errno = i32::from_ne_bytes(rbuf[off + 16..off + 20].try_into().unwrap());
-                if errno != 0 {
-                    return Err(io::Error::from_raw_os_error(-errno));
-                }
-                break 'outer;
-            }
-            // SAFETY: `off..off+mlen` is one complete netlink message inside `rbuf`; the parsed
-            // set and its iterator are freed; element data pointers are copied before freeing.
-            unsafe {
-                let s = sys::nftnl_set_alloc();
-                let nlh = rbuf.as_ptr().add(off) as *const libc::nlmsghdr;
-                if sys::nftnl_set_elems_nlmsg_parse(nlh, s) >= 0 {
-                    let it = sys::nftnl_set_elems_iter_create(s);
-                    loop {
-                        let e = sys::nftnl_set_elems_iter_next(it);
-                        if e.is_null() {
-                            break;
-                        }
-                        let mut klen: u32 = 0;
-                        let k =
-                            sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &mut klen)
-                                as *const u8;
-                        let key = if k.is_null() {
-                            Vec::new()
-                        } else {
-                            std::slice::from_raw_parts(k, klen as usize).to_vec()
-                        };
-                        let exp =
-                            sys::nftnl_set_elem_get_u64(e, sys::NFTNL_SET_ELEM_EXPIRATION as u16);
-                        out.push((key, exp));
-                    }
-                    sys::nftnl_set_elems_iter_destroy(it);
-                }
-                sys::nftnl_set_free(s);
-            }
-            off += (mlen + 3) & !3;
+        if let mnl::CbResult::Stop = mnl::cb_run2(&rbuf[..n], 1, 0, parse_elems, &mut out)? {
+            return Ok(out);
         }
     }
-    Ok(out)
+}
+
+/// One NFT_MSG_NEWSETELEM message of a dump: appends (key, flags,
+/// expiration ms); absent flags and expiration read as 0.
+fn parse_elems(nlh: &libc::nlmsghdr, out: &mut Vec<(Vec<u8>, u32, u64)>) -> libc::c_int {
+    // SAFETY: libmnl hands us one complete netlink message it has bounds-checked
+    // inside the receive buffer; the parsed set and its iterator are freed, and
+    // element data is copied out before that.
+    unsafe {
+        let s = sys::nftnl_set_alloc();
+        if sys::nftnl_set_elems_nlmsg_parse(nlh, s) >= 0 {
+            let it = sys::nftnl_set_elems_iter_create(s);
+            loop {
+                let e = sys::nftnl_set_elems_iter_next(it);
+                if e.is_null() {
+                    break;
+                }
+                let mut klen: u32 = 0;
+                let k = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &mut klen)
+                    as *const u8;
+                let key = if k.is_null() {
+                    Vec::new()
+                } else {
+                    std::slice::from_raw_parts(k, klen as usize).to_vec()
+                };
+                // get_u64 dereferences the attribute unchecked: sets without
+                // timeouts (the backend sets) have no expiration to read
+                let (exp_attr, flags_attr) = (
+                    sys::NFTNL_SET_ELEM_EXPIRATION as u16,
+                    sys::NFTNL_SET_ELEM_FLAGS as u16,
+                );
+                let exp = if sys::nftnl_set_elem_is_set(e, exp_attr) {
+                    sys::nftnl_set_elem_get_u64(e, exp_attr)
+                } else {
+                    0
+                };
+                let flags = if sys::nftnl_set_elem_is_set(e, flags_attr) {
+                    sys::nftnl_set_elem_get_u32(e, flags_attr)
+                } else {
+                    0
+                };
+                out.push((key, flags, exp));
+            }
+            sys::nftnl_set_elems_iter_destroy(it);
+        }
+        sys::nftnl_set_free(s);
+    }
+    mnl::mnl_sys::MNL_CB_OK
 }

@@ -2,21 +2,7 @@
 //! into a namespace this test creates and checks what `nft` reads back;
 //! loading twice replaces the table atomically (no duplicate rules).
 
-use std::process::Command;
-
-fn sh(args: &[&str]) -> std::process::Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-struct Ns(String);
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = sh(&["ip", "netns", "del", &self.0]);
-    }
-}
+use gwos_test_support::{sh, Netns};
 
 #[test]
 fn base_ruleset_loads_in_a_namespace() {
@@ -30,18 +16,17 @@ fn base_ruleset_loads_in_a_namespace() {
         "nft (Debian nftables) is needed to read the ruleset back"
     );
     let bin = env!("CARGO_BIN_EXE_gwos-nft-base");
-    let ns = Ns(format!("gwnft{}", std::process::id()));
-    assert!(sh(&["ip", "netns", "add", &ns.0]).status.success());
+    let ns = format!("gwnft{}", std::process::id());
+    let _ns = Netns::new(&[&ns]);
     let dir = tempfile::tempdir().unwrap();
     let site = dir.path().join("site.toml");
     std::fs::write(&site, "[control]\nbackend = [\"10.9.0.0/24\", \"10.9.0.7\", \"fd00::/64\"]\nlisten = \"0.0.0.0:2222\"\n[spa]\nport = 62201\n").unwrap();
     for _ in 0..2 {
-        let o = sh(&["ip", "netns", "exec", &ns.0, bin, site.to_str().unwrap()]);
+        let o = sh(&["ip", "netns", "exec", &ns, bin, site.to_str().unwrap()]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    let rs =
-        String::from_utf8(sh(&["ip", "netns", "exec", &ns.0, "nft", "list", "ruleset"]).stdout)
-            .unwrap();
+    let rs = String::from_utf8(sh(&["ip", "netns", "exec", &ns, "nft", "list", "ruleset"]).stdout)
+        .unwrap();
     for want in [
         "type filter hook input priority filter; policy drop;",
         "iifname \"lo\" accept",

@@ -6,83 +6,9 @@
 //! through a veth "gw0" are forwarded (and masqueraded) only as the policy
 //! says. Needs root, ip, nft, ping, sysctl.
 
-use std::os::fd::AsRawFd;
-use std::process::Command;
-
 use gwos_netfilter::vpn::{apply, UserRule};
+use gwos_test_support::{in_netns, in_ns, must, require_root_and_tools, sh, Netns as Nss};
 use ipnet::Ipv4Net;
-
-fn sh(args: &[&str]) -> std::process::Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn must(args: &[&str]) -> String {
-    let o = sh(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn in_ns(ns: &str, args: &[&str]) -> String {
-    let mut v = vec!["ip", "netns", "exec", ns];
-    v.extend_from_slice(args);
-    must(&v)
-}
-
-/// Network namespaces deleted on drop (also when an assertion fails).
-struct Nss(Vec<String>);
-impl Nss {
-    fn add(&mut self, name: String) -> String {
-        must(&["ip", "netns", "add", &name]);
-        self.0.push(name.clone());
-        in_ns(&name, &["ip", "link", "set", "lo", "up"]);
-        name
-    }
-}
-impl Drop for Nss {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = sh(&["ip", "netns", "del", n]);
-        }
-    }
-}
-
-/// Runs `f` on a thread that has joined network namespace `ns`, so the
-/// library's netlink sockets talk to that namespace's nf_tables.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // SAFETY: setns(2) on a descriptor we hold open; it changes only this thread's network namespace.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("netns thread panicked")
-}
-
-fn require_root_and_tools() {
-    assert_eq!(
-        sh(&["id", "-u"]).stdout,
-        b"0\n",
-        "needs root (creates network namespaces)"
-    );
-    for t in ["nft", "ping", "sysctl"] {
-        assert!(
-            sh(&["sh", "-c", &format!("command -v {t}")])
-                .status
-                .success(),
-            "needs `{t}`"
-        );
-    }
-}
 
 fn net(s: &str) -> Ipv4Net {
     s.parse().unwrap()
@@ -137,7 +63,7 @@ const BOB_2: &str = "iifname \"gw0\" ip saddr 10.77.0.3 ip daddr 10.99.2.0/24 ac
 
 #[test]
 fn vpn_chains_are_rewritten_whole() {
-    require_root_and_tools();
+    require_root_and_tools(&["nft", "ping", "sysctl"]);
     let mut nss = Nss(vec![]);
     let ns = nss.add(format!("gwvnl{}", std::process::id()));
     load_base(&ns);
@@ -275,7 +201,7 @@ fn ping(ns: &str, src: &str, dst: &str) -> bool {
 
 #[test]
 fn forwarding_follows_the_per_user_policy() {
-    require_root_and_tools();
+    require_root_and_tools(&["nft", "ping", "sysctl"]);
     let id = std::process::id();
     let mut nss = Nss(vec![]);
     let (gw, cl, int) = (

@@ -2,7 +2,10 @@
 //! base64, the HMAC and digest families, OpenSSL's `EVP_BytesToKey` (MD5, one
 //! round) and AES-256 in the six modes fwknop supports, with PKCS#7 padding.
 
-use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
+use aes::cipher::consts::U16;
+use aes::cipher::{
+    AsyncStreamCipher, BlockDecryptMut, BlockEncryptMut, KeyInit, KeyIvInit, StreamCipher,
+};
 use aes::Aes256;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -190,75 +193,39 @@ pub fn effective_key(key: &[u8], mode: Mode) -> Vec<u8> {
     }
 }
 
-type Block = aes::Block;
-
-fn xor_into(dst: &mut [u8], a: &[u8]) {
-    for (d, s) in dst.iter_mut().zip(a) {
-        *d ^= s;
-    }
-}
-
-fn inc_be(ctr: &mut [u8; 16]) {
-    for b in ctr.iter_mut().rev() {
-        *b = b.wrapping_add(1);
-        if *b != 0 {
-            break;
-        }
-    }
-}
-
-/// AES-256 in `mode` over whole blocks (`data.len() % 16 == 0`).
+/// AES-256 in `mode` over whole blocks (`data.len() % 16 == 0`; the caller
+/// pads with PKCS#7 in every mode, as fwknop does). The modes are RustCrypto's
+/// (`cbc`, `ctr`, `cfb-mode` with 128-bit feedback, `ofb`, `ecb`); CTR is
+/// the 128-bit big-endian counter of OpenSSL, which fwknop uses.
 pub fn aes_apply(mode: Mode, key: &[u8; 32], iv: &[u8; 16], data: &mut [u8], encrypt: bool) {
-    let c = Aes256::new(key.into());
-    let mut prev = *iv;
-    for chunk in data.chunks_exact_mut(16) {
-        match mode {
-            Mode::Cbc | Mode::Legacy => {
-                if encrypt {
-                    xor_into(chunk, &prev);
-                    let b = Block::from_mut_slice(chunk);
-                    c.encrypt_block(b);
-                    prev.copy_from_slice(chunk);
-                } else {
-                    let saved: [u8; 16] = chunk.try_into().unwrap();
-                    c.decrypt_block(Block::from_mut_slice(chunk));
-                    xor_into(chunk, &prev);
-                    prev = saved;
-                }
-            }
-            Mode::Ecb => {
-                let b = Block::from_mut_slice(chunk);
-                if encrypt {
-                    c.encrypt_block(b)
-                } else {
-                    c.decrypt_block(b)
-                }
-            }
-            Mode::Ctr => {
-                let mut ks = Block::clone_from_slice(&prev);
-                c.encrypt_block(&mut ks);
-                xor_into(chunk, &ks);
-                inc_be(&mut prev);
-            }
-            Mode::Ofb => {
-                let mut ks = Block::clone_from_slice(&prev);
-                c.encrypt_block(&mut ks);
-                prev.copy_from_slice(&ks);
-                xor_into(chunk, &ks);
-            }
-            Mode::Cfb => {
-                let mut ks = Block::clone_from_slice(&prev);
-                c.encrypt_block(&mut ks);
-                if encrypt {
-                    xor_into(chunk, &ks);
-                    prev.copy_from_slice(chunk);
-                } else {
-                    let saved: [u8; 16] = chunk.try_into().unwrap();
-                    xor_into(chunk, &ks);
-                    prev = saved;
-                }
-            }
+    debug_assert_eq!(data.len() % 16, 0, "aes_apply takes whole blocks");
+    let (key, iv) = (key.into(), iv.into());
+    match (mode, encrypt) {
+        (Mode::Cbc | Mode::Legacy, true) => {
+            encrypt_blocks(cbc::Encryptor::<Aes256>::new(key, iv), data)
         }
+        (Mode::Cbc | Mode::Legacy, false) => {
+            decrypt_blocks(cbc::Decryptor::<Aes256>::new(key, iv), data)
+        }
+        (Mode::Ecb, true) => encrypt_blocks(ecb::Encryptor::<Aes256>::new(key), data),
+        (Mode::Ecb, false) => decrypt_blocks(ecb::Decryptor::<Aes256>::new(key), data),
+        (Mode::Cfb, true) => cfb_mode::Encryptor::<Aes256>::new(key, iv).encrypt(data),
+        (Mode::Cfb, false) => cfb_mode::Decryptor::<Aes256>::new(key, iv).decrypt(data),
+        // keystream modes: the same operation both ways
+        (Mode::Ctr, _) => ctr::Ctr128BE::<Aes256>::new(key, iv).apply_keystream(data),
+        (Mode::Ofb, _) => ofb::Ofb::<Aes256>::new(key, iv).apply_keystream(data),
+    }
+}
+
+fn encrypt_blocks(mut mode: impl BlockEncryptMut<BlockSize = U16>, data: &mut [u8]) {
+    for block in data.chunks_exact_mut(16) {
+        mode.encrypt_block_mut(aes::Block::from_mut_slice(block));
+    }
+}
+
+fn decrypt_blocks(mut mode: impl BlockDecryptMut<BlockSize = U16>, data: &mut [u8]) {
+    for block in data.chunks_exact_mut(16) {
+        mode.decrypt_block_mut(aes::Block::from_mut_slice(block));
     }
 }
 

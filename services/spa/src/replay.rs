@@ -173,6 +173,7 @@ mod tests {
         for i in 0..3 {
             c.insert(&d(i), t).unwrap();
         }
-        assert!(c.insert(&d(9), t).is_err());
+        let e = c.insert(&d(9), t).unwrap_err().to_string();
+        assert!(e.contains("replay cache full (3 entries)"), "{e}");
     }
 }

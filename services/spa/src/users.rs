@@ -221,37 +221,61 @@ mod tests {
             !s.contains("PLJiB9") && !s.contains("YTMM"),
             "key material in summary: {s}"
         );
-        for bad in [
-            UserConfig {
-                user: "Alice".into(),
-                ..cfg()
-            },
-            UserConfig {
-                key_base64: "c2hvcnQ=".into(),
-                ..cfg()
-            },
-            UserConfig {
-                hmac_key_base64: cfg().key_base64,
-                ..cfg()
-            },
-            UserConfig {
-                ports: vec!["icmp/1".into()],
-                ..cfg()
-            },
-            UserConfig {
-                sources: vec!["10.0.0.0/33".into()],
-                ..cfg()
-            },
-            UserConfig {
-                timeout_secs: Some(0),
-                ..cfg()
-            },
-            UserConfig {
-                hmac_type: "crc32".into(),
-                ..cfg()
-            },
+        for (bad, want) in [
+            (
+                UserConfig {
+                    user: "Alice".into(),
+                    ..cfg()
+                },
+                "must match ^[a-z][a-z0-9_-]{0,31}$",
+            ),
+            (
+                UserConfig {
+                    key_base64: "c2hvcnQ=".into(),
+                    ..cfg()
+                },
+                "key_base64 must decode to 16..32 bytes, got 5",
+            ),
+            (
+                UserConfig {
+                    hmac_key_base64: cfg().key_base64,
+                    ..cfg()
+                },
+                "the HMAC key must differ from the encryption key",
+            ),
+            (
+                UserConfig {
+                    ports: vec!["icmp/1".into()],
+                    ..cfg()
+                },
+                "bad port \"icmp/1\"",
+            ),
+            (
+                UserConfig {
+                    sources: vec!["10.0.0.0/33".into()],
+                    ..cfg()
+                },
+                "bad source \"10.0.0.0/33\"",
+            ),
+            (
+                UserConfig {
+                    timeout_secs: Some(0),
+                    ..cfg()
+                },
+                "timeout_secs must be 1..=300",
+            ),
+            (
+                UserConfig {
+                    hmac_type: "crc32".into(),
+                    ..cfg()
+                },
+                "unknown hmac_type \"crc32\"",
+            ),
         ] {
-            assert!(validate(&bad, &d, 20, "site").is_err());
+            match validate(&bad, &d, 20, "site") {
+                Ok(_) => panic!("accepted, expected {want:?}"),
+                Err(e) => assert!(e.to_string().contains(want), "{e} (expected {want:?})"),
+            }
         }
     }
 }

@@ -2,16 +2,14 @@
 //! accepted by the real Debian `fwknopd` in `--test` mode (UDP server, in a
 //! namespace this test creates); a packet signed with the wrong HMAC key is not.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use gwos_spa::client::{encode, Knock};
 use gwos_spa::crypto::b64d_strict;
 use gwos_spa::packet::ProtoPort;
+use gwos_test_support::*;
 
 const K: &str = "PLJiB9FhMc635yVDYsXCvEgWl7Q60iCQNQBvN1inQ04=";
 const H: &str =

@@ -5,13 +5,11 @@
 //! survives the element's expiry, new connections fail after the timeout,
 //! and a replayed datagram is refused and reported as `spa.replay`.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use gwos_test_support::*;
 
 const K: &str = "PLJiB9FhMc635yVDYsXCvEgWl7Q60iCQNQBvN1inQ04=";
 const H: &str =

@@ -13,10 +13,12 @@
 //! Needs root, ip, nft, socat.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use gwos_test_support::{binaries, must, require_root_and_tools, wait_until};
 
 const K: &str = "PLJiB9FhMc635yVDYsXCvEgWl7Q60iCQNQBvN1inQ04=";
 const H: &str =
@@ -45,86 +47,6 @@ impl Drop for Env {
             }
             let _ = Command::new("ip").args(["netns", "del", n]).status();
         }
-    }
-}
-
-fn must(args: &[&str]) -> String {
-    let o = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
-    assert!(
-        o.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn require_root_and_tools() {
-    assert!(
-        std::fs::metadata("/proc/self")
-            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-            .unwrap_or(1)
-            == 0,
-        "this test creates network namespaces and must run as root"
-    );
-    for t in ["ip", "nft", "socat"] {
-        let ok = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {t}"))
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "this test needs `{t}`");
-    }
-}
-
-/// gwosd and gwos-nft-base ($GWOSD / $GWOS_NFT_BASE, else built into this target dir).
-fn binaries() -> (PathBuf, PathBuf) {
-    let profile = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let gwosd = std::env::var_os("GWOSD").map(PathBuf::from);
-    let base = std::env::var_os("GWOS_NFT_BASE").map(PathBuf::from);
-    if gwosd.is_none() || base.is_none() {
-        let st = Command::new(env!("CARGO"))
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-            .env("CARGO_TARGET_DIR", profile.parent().unwrap())
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "gwos-init",
-                "--bin",
-                "gwosd",
-                "-p",
-                "gwos-netfilter",
-                "--bin",
-                "gwos-nft-base",
-            ])
-            .status()
-            .expect("cargo build");
-        assert!(st.success(), "building gwosd and gwos-nft-base failed");
-    }
-    (
-        gwosd.unwrap_or(profile.join("gwosd")),
-        base.unwrap_or(profile.join("gwos-nft-base")),
-    )
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -202,7 +124,7 @@ fn count(events: &Path, kind: &str) -> usize {
 
 #[test]
 fn connect_knocks_before_every_connection_and_only_then_gets_through() {
-    require_root_and_tools();
+    require_root_and_tools(&["ip", "nft", "socat"]);
     let (gwosd, nft_base) = binaries();
     let connect = env!("CARGO_BIN_EXE_gwos-connect");
     let id = std::process::id() % 100_000;

@@ -5,10 +5,11 @@
 //! source check, `openssl s_client` protocol/suite refusals, vpn_user_delete
 //! and idle teardown. Needs root, ip, nft, wireguard-go, wg, openssl, ping.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use gwos_test_support::{gwosd, in_ns, must, ns_ok, require_root_and_tools};
 use serde_json::{json, Value};
 
 struct Env {
@@ -27,52 +28,6 @@ impl Drop for Env {
             let _ = Command::new("ip").args(["netns", "del", n]).status();
         }
     }
-}
-
-fn sh(args: &[&str]) -> std::process::Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("running {args:?}: {e}"))
-}
-
-fn must(args: &[&str]) -> String {
-    let o = sh(args);
-    assert!(
-        o.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn ns_ok(ns: &str, args: &[&str]) -> bool {
-    let mut v = vec!["ip", "netns", "exec", ns];
-    v.extend_from_slice(args);
-    sh(&v).status.success()
-}
-
-fn in_ns(ns: &str, args: &[&str]) -> String {
-    let mut v = vec!["ip", "netns", "exec", ns];
-    v.extend_from_slice(args);
-    must(&v)
-}
-
-fn gwosd() -> PathBuf {
-    if let Ok(p) = std::env::var("GWOSD") {
-        return p.into();
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let st = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "gwos-init", "--bin", "gwosd"])
-        .current_dir(&root)
-        .status()
-        .expect("cargo build gwosd");
-    assert!(st.success(), "building gwosd failed");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    target.join("debug/gwosd")
 }
 
 fn rpc(run: &Path, svc: &str, method: &str, params: Value) -> Value {
@@ -110,30 +65,6 @@ fn ping(ns: &str, dst: &str, extra: &[&str]) -> bool {
     ns_ok(ns, &a)
 }
 
-fn require_tools() {
-    for t in ["ip", "nft", "wireguard-go", "wg", "openssl", "ping"] {
-        let found = std::env::var("PATH")
-            .unwrap_or_default()
-            .split(':')
-            .any(|d| Path::new(d).join(t).exists() || Path::new("/usr/sbin").join(t).exists());
-        assert!(
-            found,
-            "this test needs `{t}` (Debian packages in .ci/debian-packages.txt)"
-        );
-    }
-    assert!(
-        unsafe_free_is_root(),
-        "this test needs root (network namespaces, TUN)"
-    );
-}
-
-fn unsafe_free_is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
-}
-
-/// Starts a wireguard-go client in `ns` for `cfg` (wg-quick text from the gateway).
 fn wg_client(
     env: &mut Env,
     ns: &str,
@@ -192,7 +123,7 @@ fn user(st: &Value, name: &str) -> Option<Value> {
 
 #[test]
 fn tunnel_end_to_end() {
-    require_tools();
+    require_root_and_tools(&["ip", "nft", "wireguard-go", "wg", "openssl", "ping"]);
     let gwosd = gwosd();
     let connect = env!("CARGO_BIN_EXE_gwos-connect");
     let id = std::process::id() % 100_000;
