@@ -310,7 +310,7 @@ fn forwarding_follows_the_per_user_policy() {
     // DNS stays inside the tunnel: to the resolver (10.99.1.2) it passes, to any
     // other address, even one alice may reach (10.99.1.3), it is counted and dropped.
     vpn_dns(&gw, vec![alice.clone()], vec!["10.99.1.2".parse().unwrap()]).unwrap();
-    let listener = Command::new("ip")
+    let listener = std::process::Command::new("ip")
         .args([
             "netns",
             "exec",
