@@ -194,6 +194,11 @@ pub const SITE_CHECKS: &[(&str, SiteCheck)] = &[
             .validate()
             .context("site config section [control]")
     }),
+    ("boot", |s| {
+        s.section::<gwos_init::bless::BootConfig>("boot")?
+            .validate()
+            .context("site config section [boot]")
+    }),
 ];
 
 /// `[site]` as the gateway will read it: unknown sections and keys, and

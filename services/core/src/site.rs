@@ -21,6 +21,10 @@ pub const SECTIONS: &[(&str, &str)] = &[
     ("vpn", "gwos-vpn"),
     ("tls-front", "gwos-tls-front"),
     ("control", "gwos-control"),
+    (
+        "boot",
+        "gwos-init (trial boots: blessing window and deadline)",
+    ),
 ];
 
 #[derive(Debug, Clone, Default)]
