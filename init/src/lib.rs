@@ -15,6 +15,7 @@ pub mod dm;
 pub mod gpt_find;
 pub mod mounts;
 pub mod net;
+pub mod pci;
 pub mod sandbox;
 pub mod seccomp;
 pub mod services;
