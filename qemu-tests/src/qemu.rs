@@ -108,6 +108,7 @@ impl Qemu {
             console: Console::File(console.clone()),
             monitor: dir.path().join("monitor.sock"),
             netns: netns.map(|n| n.name.clone()),
+            hotplug_ports: 0,
         };
         adjust(&mut spec);
         let vm = Vm::spawn(&spec, Stdio3::Quiet)?;

@@ -342,6 +342,7 @@ fn plan(a: &RunArgs) -> Result<Plan> {
                 console,
                 monitor: dir.path.join("monitor.sock"),
                 netns: None,
+                hotplug_ports: 0,
             },
             forwards,
         ))

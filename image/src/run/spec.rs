@@ -38,15 +38,35 @@ impl Accel {
     }
 }
 
-/// The accelerator `auto` picks, and why when it is TCG.
+/// The accelerator `auto` picks, and why.
 pub fn detect_accel() -> (Accel, String) {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => (Accel::Kvm, "/dev/kvm is usable".into()),
-        Err(e) => (Accel::Tcg, format!("/dev/kvm not usable: {e}")),
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    kvm_decision(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .map(drop),
+        &cpuinfo,
+    )
+}
+
+/// KVM needs /dev/kvm read-write AND hardware virtualisation (vmx/svm) on
+/// the host CPU: a /dev/kvm without it (kvm_pvm in a nested sandbox) only
+/// runs specially built guests, and an ordinary kernel hangs there.
+pub fn kvm_decision(open: std::io::Result<()>, cpuinfo: &str) -> (Accel, String) {
+    let hw = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    match (open, hw) {
+        (Ok(()), true) => (Accel::Kvm, "/dev/kvm is usable".into()),
+        (Ok(()), false) => (
+            Accel::Tcg,
+            "/dev/kvm opens but the CPU has no vmx/svm flag, so ordinary guests cannot run on it"
+                .into(),
+        ),
+        (Err(e), _) => (Accel::Tcg, format!("/dev/kvm not usable: {e}")),
     }
 }
 
@@ -246,6 +266,8 @@ pub struct Spec {
     pub monitor: PathBuf,
     /// Run QEMU inside this network namespace (`ip netns exec`).
     pub netns: Option<String>,
+    /// Empty PCIe root ports `hp0`, `hp1`, ... for `device_add ...,bus=hpN` (hotplug).
+    pub hotplug_ports: u32,
 }
 
 fn check_word(what: &str, v: &str) -> Result<()> {
@@ -327,6 +349,12 @@ impl Spec {
                 "-append",
                 append,
             ]),
+        }
+        for i in 0..self.hotplug_ports {
+            a.extend([
+                "-device".to_string(),
+                format!("pcie-root-port,id=hp{i},chassis={}", i + 1),
+            ]);
         }
         for (i, d) in self.disks.iter().enumerate() {
             a.extend(disk_args(i, d)?);
@@ -429,6 +457,7 @@ mod tests {
             console: Console::File("/r/console.log".into()),
             monitor: "/r/monitor.sock".into(),
             netns: None,
+            hotplug_ports: 0,
         }
     }
 
@@ -476,6 +505,20 @@ hostfwd=tcp:127.0.0.1:8443-:443,hostfwd=tcp:127.0.0.1:2222-:2222 \
             .unwrap()
             .join(" ")
             .contains("-device ide-hd,drive=disk0,bus=ide.0"));
+    }
+
+    #[test]
+    fn kvm_only_with_hardware_virtualisation() {
+        let vmx = "flags\t\t: fpu vme vmx sse2\n";
+        let none = "flags\t\t: fpu vme hypervisor sse2\n";
+        assert_eq!(kvm_decision(Ok(()), vmx).0, Accel::Kvm);
+        let (a, why) = kvm_decision(Ok(()), none);
+        assert_eq!(a, Accel::Tcg);
+        assert!(why.contains("no vmx/svm"), "{why}");
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let (a, why) = kvm_decision(Err(denied), vmx);
+        assert_eq!(a, Accel::Tcg);
+        assert!(why.starts_with("/dev/kvm not usable"), "{why}");
     }
 
     #[test]
