@@ -39,7 +39,7 @@ pub fn extract_slot_a(image: &Path, dir: &Path) -> Result<SlotBoot> {
             image.display()
         );
     };
-    let section = |s: &str| uki::section(uki_bytes, s).with_context(|| format!("{name}"));
+    let section = |s: &str| uki::section(uki_bytes, s).with_context(|| name.clone());
     let kernel = dir.join("bzImage");
     let initrd = dir.join("initramfs.cpio");
     std::fs::write(&kernel, section(".linux")?)?;
