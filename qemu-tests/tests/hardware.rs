@@ -207,7 +207,7 @@ fn two_nics_uplink_chosen_by_mac_first_gets_nothing() {
         .unwrap();
     let line = c
         .lines()
-        .find(|l| l.contains("gwos: network: eth"))
+        .find(|l| l.contains("(uplink "))
         .unwrap_or_else(|| panic!("no network line:\n{c}"));
     eprintln!("{line}");
     assert!(
