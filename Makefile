@@ -48,9 +48,9 @@ gwos:
 image: deps kernel gwosd gwos
 	$(GWOS) build --config $(IMAGE_CONFIG) --kernel $(KERNEL) --gwosd $(GWOSD) --out $(OUT)
 
-# Builds the dev image and boots it in QEMU for a person.
+# Builds the dev image and boots it in QEMU for a person (`gwos run`; RUN_ARGS adds options).
 run: image
-	bash qemu-tests/run.sh $(OUT)/gwos.img
+	$(GWOS) run $(OUT)/gwos.img $(RUN_ARGS)
 
 # Unit tests + host integration tests (namespaces, real clients), then the QEMU boot suite.
 test: image unit-test qemu-test

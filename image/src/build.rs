@@ -260,8 +260,8 @@ pub fn build(a: &Args) -> Result<Built> {
 
     steps.step("unified kernel image");
     let mut cmdline = format!(
-        "console={} gwos.slot=a gwos.roothash={root_hash} ro panic=-1 lockdown=integrity",
-        im.console
+        "{} gwos.slot=a gwos.roothash={root_hash} ro panic=-1 lockdown=integrity",
+        im.console_args()
     );
     if !im.extra_cmdline.trim().is_empty() {
         cmdline.push(' ');

@@ -34,7 +34,12 @@ pub struct Image {
     pub version_id: String,
     pub version: u64,
     pub security_floor: u64,
-    pub console: String,
+    /// Kernel consoles, each `console=<this>` on the command line; the last
+    /// is /dev/console. Default `["tty0", "ttyS0,115200"]`: the screen and
+    /// the serial port, serial last so it stays primary.
+    pub consoles: Option<Vec<String>>,
+    /// One console (older configs); the same as `consoles = [<this>]`.
+    pub console: Option<String>,
     pub extra_cmdline: String,
     pub rootfs_dir: String,
     pub erofs_compression: String,
@@ -46,7 +51,8 @@ impl Default for Image {
             version_id: "0.1.0".into(),
             version: 1,
             security_floor: 1,
-            console: "ttyS0,115200".into(),
+            consoles: None,
+            console: None,
             extra_cmdline: String::new(),
             rootfs_dir: "rootfs".into(),
             erofs_compression: String::new(),
@@ -81,6 +87,29 @@ pub struct Keys {
     pub release_private: String,
     /// Extra release public keys to trust (e.g. the next rotation's key).
     pub release_public: Vec<String>,
+}
+
+/// The default consoles: the screen, then the serial port (/dev/console, what tests read).
+pub const DEFAULT_CONSOLES: [&str; 2] = ["tty0", "ttyS0,115200"];
+
+impl Image {
+    /// The consoles in command-line order (the last is /dev/console).
+    pub fn console_list(&self) -> Vec<String> {
+        match (&self.consoles, &self.console) {
+            (Some(v), _) => v.clone(),
+            (None, Some(c)) => vec![c.clone()],
+            (None, None) => DEFAULT_CONSOLES.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    /// `console=tty0 console=ttyS0,115200`
+    pub fn console_args(&self) -> String {
+        self.console_list()
+            .iter()
+            .map(|c| format!("console={c}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 impl Config {
@@ -136,8 +165,25 @@ impl Config {
                 i.version
             );
         }
-        if i.console.chars().any(char::is_whitespace) || i.extra_cmdline.contains('\n') {
-            bail!("[image] console must not contain spaces; extra_cmdline must be one line");
+        if i.consoles.is_some() && i.console.is_some() {
+            bail!("[image] set consoles (a list) or console (one), not both");
+        }
+        let consoles = i.console_list();
+        if consoles.is_empty() {
+            bail!(
+                "[image] consoles is empty: the boot would print nowhere (e.g. [\"ttyS0,115200\"])"
+            );
+        }
+        if let Some(c) = consoles.iter().find(|c| {
+            c.is_empty()
+                || !c
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b",.:".contains(&b))
+        }) {
+            bail!("[image] console {c:?}: expected a device and options such as \"ttyS0,115200\" or \"tty0\"");
+        }
+        if i.extra_cmdline.contains('\n') {
+            bail!("[image] extra_cmdline must be one line");
         }
         if !["", "lz4", "lz4hc"].contains(&i.erofs_compression.as_str()) {
             bail!("[image] erofs_compression must be \"\", \"lz4\" or \"lz4hc\"");
@@ -265,5 +311,32 @@ mod tests {
         assert!(e.contains("[site.vpn]") && e.contains("10.9.0.0/33"), "{e}");
         let e = site_error("[site.network]\naddress = 7\n");
         assert!(e.contains("[site.network]") && e.contains("address"), "{e}");
+    }
+
+    #[test]
+    fn consoles_default_to_screen_and_serial_with_serial_last() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.image.console_args(), "console=tty0 console=ttyS0,115200");
+        let c = Config::parse("[image]\nconsole = \"ttyS1,9600\"\n", Path::new(".")).unwrap();
+        assert_eq!(c.image.console_args(), "console=ttyS1,9600");
+        let e = format!(
+            "{:#}",
+            Config::parse("[image]\nconsoles = [\"ttyS0 quiet\"]\n", Path::new(".")).unwrap_err()
+        );
+        assert!(e.contains("console \"ttyS0 quiet\""), "{e}");
+        let e = format!(
+            "{:#}",
+            Config::parse("[image]\nconsoles = []\n", Path::new(".")).unwrap_err()
+        );
+        assert!(e.contains("consoles is empty"), "{e}");
+        let e = format!(
+            "{:#}",
+            Config::parse(
+                "[image]\nconsoles = [\"tty0\"]\nconsole = \"ttyS0\"\n",
+                Path::new(".")
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("not both"), "{e}");
     }
 }

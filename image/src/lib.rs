@@ -16,6 +16,7 @@ pub mod gpt;
 pub mod keys;
 pub mod report;
 pub mod rootfs;
+pub mod run;
 pub mod statefs;
 pub mod tools;
 pub mod uki;

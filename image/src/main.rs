@@ -75,6 +75,10 @@ enum Cmd {
     Connect(client_cmds::Connect),
     /// Call a control-channel command through OpenSSH; prints the JSON answer.
     Ctl(client_cmds::Ctl),
+    /// Boot an image under QEMU (OVMF, or --direct); --wait-ready/--detach for CI (docs/ci.md).
+    Run(gwos_image::run::cli::RunArgs),
+    /// Power off a detached `gwos run` (ACPI via the QEMU monitor; killed after --grace).
+    Stop(gwos_image::run::cli::StopArgs),
 }
 
 fn run() -> Result<()> {
@@ -147,8 +151,17 @@ fn run() -> Result<()> {
                 std::process::exit(code);
             }
         }
+        Cmd::Run(a) => return gwos_image::run::cli::run(a).map(exit_with),
+        Cmd::Stop(a) => return gwos_image::run::cli::stop(a).map(exit_with),
     }
     Ok(())
+}
+
+/// `gwos run`/`gwos stop` have their own exit codes (docs/ci.md).
+fn exit_with(code: u8) {
+    if code != 0 {
+        std::process::exit(code.into());
+    }
 }
 
 fn main() -> ExitCode {

@@ -18,6 +18,7 @@ pub mod gpt_find;
 pub mod initsock;
 pub mod mounts;
 pub mod net;
+pub mod pci;
 pub mod sandbox;
 pub mod seccomp;
 pub mod services;

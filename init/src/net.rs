@@ -1,7 +1,15 @@
 //! Static network configuration over rtnetlink (no `ip` binary on the
-//! image): loopback up; on the first ethernet interface: link up, the
+//! image): loopback up; on the uplink interface: link up, the
 //! address/prefix from `[network]` in the site config, default route via the
 //! gateway. (DHCPv4 is not implemented.)
+//!
+//! The uplink is chosen by `mac`, `pci_path` or `interface` (alias `name`)
+//! from the site config, else the first ethernet interface; every other
+//! interface is left down. When it is not there yet (no driver, a late or
+//! hot-added NIC), PID 1 does not stop: [`start`] keeps retrying in a
+//! thread every [`RETRY`] and [`uplink_ready`] holds the ready line until it
+//! is configured. Services bind wildcard addresses, so they serve as soon as
+//! the uplink is up.
 
 use std::net::Ipv4Addr;
 
@@ -14,8 +22,14 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetworkConfig {
-    /// Interface name; empty: the first ethernet device (sorted by name).
+    /// Interface name (`name` is accepted too); empty: not chosen by name.
+    #[serde(alias = "name")]
     pub interface: String,
+    /// MAC address of the uplink (`52:54:00:12:34:57`, any case); empty: not chosen by MAC.
+    pub mac: String,
+    /// PCI address of the uplink NIC (`0000:00:03.0`, or the bridge path
+    /// `0000:00:1c.0/0000:01:00.0`); empty: not chosen by PCI path.
+    pub pci_path: String,
     /// "a.b.c.d/prefix"; empty: leave the interface unconfigured (only up).
     pub address: String,
     pub gateway: String,
@@ -126,46 +140,170 @@ fn index_of(name: &str) -> Result<u32> {
     nix::net::if_::if_nametoindex(name).with_context(|| format!("no interface {name}"))
 }
 
-/// The first ethernet interface backed by a device (type 1 with /device).
-pub fn first_ethernet() -> Option<String> {
-    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .ok()?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names.into_iter().find(|n| {
-        let base = format!("/sys/class/net/{n}");
-        std::fs::read_to_string(format!("{base}/type"))
-            .map(|t| t.trim() == "1")
-            .unwrap_or(false)
-            && std::path::Path::new(&format!("{base}/device")).exists()
-    })
+/// An ethernet interface backed by a device, as sysfs shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Iface {
+    pub name: String,
+    pub mac: String,
+    /// The canonical sysfs path of its device (`/sys/devices/pci0000:00/0000:00:02.0/virtio0`).
+    pub device_path: String,
 }
 
-/// Brings up lo and the configured interface; returns a console summary.
-pub fn configure(cfg: &NetworkConfig) -> Result<String> {
-    request(&link_up_msg(index_of("lo")?, 1), "lo up")?;
-    let ifname = if cfg.interface.is_empty() {
-        match first_ethernet() {
-            Some(n) => n,
-            None if cfg.address.is_empty() => {
-                return Ok("no ethernet interface and no [network] address: loopback only".into())
-            }
-            None => bail!(
-                "[network] address {} is configured but there is no ethernet interface",
-                cfg.address
-            ),
+impl Iface {
+    /// The PCI address nearest to the interface (`0000:00:02.0`), if it sits on PCI.
+    pub fn pci_address(&self) -> Option<&str> {
+        self.device_path
+            .split('/')
+            .rev()
+            .find(|c| is_pci_address(c))
+    }
+
+    fn describe(&self) -> String {
+        match self.pci_address() {
+            Some(p) => format!("{} {} pci {p}", self.name, self.mac),
+            None => format!("{} {}", self.name, self.mac),
         }
-    } else {
-        cfg.interface.clone()
+    }
+}
+
+fn is_pci_address(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 12
+        && b[4] == b':'
+        && b[7] == b':'
+        && b[10] == b'.'
+        && s.bytes()
+            .enumerate()
+            .all(|(i, c)| [4, 7, 10].contains(&i) || c.is_ascii_hexdigit())
+}
+
+/// Ethernet interfaces (type 1 with a device) under `class_net`, sorted by name.
+pub fn ethernet_interfaces(class_net: &std::path::Path) -> Vec<Iface> {
+    let Ok(rd) = std::fs::read_dir(class_net) else {
+        return vec![];
     };
-    let idx = index_of(&ifname)?;
-    request(&link_up_msg(idx, 2), "link up")?;
+    let mut v: Vec<Iface> = rd
+        .flatten()
+        .filter_map(|e| {
+            let base = e.path();
+            let ty = std::fs::read_to_string(base.join("type")).ok()?;
+            if ty.trim() != "1" {
+                return None;
+            }
+            let dev = std::fs::canonicalize(base.join("device")).ok()?;
+            Some(Iface {
+                name: e.file_name().to_string_lossy().into_owned(),
+                mac: std::fs::read_to_string(base.join("address"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_ascii_lowercase(),
+                device_path: dev.to_string_lossy().into_owned(),
+            })
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+impl NetworkConfig {
+    /// What picks the uplink, in words (for the console).
+    pub fn selector(&self) -> String {
+        let mut s = Vec::new();
+        if !self.mac.is_empty() {
+            s.push(format!("mac {}", self.mac));
+        }
+        if !self.pci_path.is_empty() {
+            s.push(format!("pci_path {}", self.pci_path));
+        }
+        if !self.interface.is_empty() {
+            s.push(format!("name {}", self.interface));
+        }
+        if s.is_empty() {
+            "the first ethernet interface".into()
+        } else {
+            s.join(" and ")
+        }
+    }
+
+    /// The uplink among `ifaces`: the one every given selector matches, else the first.
+    pub fn choose<'a>(&self, ifaces: &'a [Iface]) -> Option<&'a Iface> {
+        let pci = self.pci_path.trim_matches('/').to_ascii_lowercase();
+        ifaces.iter().find(|i| {
+            (self.mac.is_empty() || i.mac.eq_ignore_ascii_case(&self.mac))
+                && (self.interface.is_empty() || i.name == self.interface)
+                && (pci.is_empty()
+                    || i.device_path
+                        .to_ascii_lowercase()
+                        .ends_with(&format!("/{pci}"))
+                    || i.device_path
+                        .to_ascii_lowercase()
+                        .contains(&format!("/{pci}/")))
+        })
+    }
+}
+
+/// How often a missing uplink is looked for again.
+pub const RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+static UPLINK_READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Is the uplink configured (or is there nothing to configure)?
+pub fn uplink_ready() -> bool {
+    UPLINK_READY.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Brings up lo and tries the uplink once; when it is not there, keeps
+/// trying in a thread every [`RETRY`] (saying so on the console once).
+/// Errors only for a config that can never work (bad address).
+pub fn start(cfg: &NetworkConfig) -> Result<()> {
+    request(&link_up_msg(index_of("lo")?, 1), "lo up")?;
+    parse_address(cfg)?;
+    let ifaces = ethernet_interfaces(std::path::Path::new("/sys/class/net"));
+    crate::console::say(&format!(
+        "network: ethernet interfaces: {}",
+        if ifaces.is_empty() {
+            "none".to_string()
+        } else {
+            ifaces
+                .iter()
+                .map(Iface::describe)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    ));
+    if let Some(done) = try_uplink(cfg)? {
+        crate::console::say(&format!("network: {done}"));
+        UPLINK_READY.store(true, std::sync::atomic::Ordering::SeqCst);
+        return Ok(());
+    }
+    crate::console::say(&format!(
+        "network: no uplink yet ({}) for [network] address {}; retrying every {} s (a late or hot-added NIC works); services start, the ready line waits",
+        cfg.selector(),
+        cfg.address,
+        RETRY.as_secs()
+    ));
+    let cfg = cfg.clone();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(RETRY);
+        match try_uplink(&cfg) {
+            Ok(Some(done)) => {
+                crate::console::say(&format!("network: {done}"));
+                UPLINK_READY.store(true, std::sync::atomic::Ordering::SeqCst);
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => crate::console::say(&format!(
+                "network: configuring the uplink failed: {e:#}; retrying in {} s",
+                RETRY.as_secs()
+            )),
+        }
+    });
+    Ok(())
+}
+
+fn parse_address(cfg: &NetworkConfig) -> Result<Option<(Ipv4Addr, u8, Option<Ipv4Addr>)>> {
     if cfg.address.is_empty() {
-        return Ok(format!(
-            "{ifname} up, no address configured ([network] address empty)"
-        ));
+        return Ok(None);
     }
     let (a, p) = cfg
         .address
@@ -177,19 +315,131 @@ pub fn configure(cfg: &NetworkConfig) -> Result<String> {
         .ok()
         .filter(|p| *p <= 32)
         .context("[network] prefix")?;
-    request(&addr_msg(idx, addr, prefix, 3), "add address")?;
-    let mut s = format!("{ifname} {addr}/{prefix}");
-    if !cfg.gateway.is_empty() {
-        let gw: Ipv4Addr = cfg.gateway.parse().context("[network] gateway")?;
-        request(&default_route_msg(idx, gw, 4), "default route")?;
-        s.push_str(&format!(" via {gw}"));
+    let gw = if cfg.gateway.is_empty() {
+        None
+    } else {
+        Some(cfg.gateway.parse().context("[network] gateway")?)
+    };
+    Ok(Some((addr, prefix, gw)))
+}
+
+/// Configures the uplink if it is there: `Some(summary)`; `None` when not (yet).
+fn try_uplink(cfg: &NetworkConfig) -> Result<Option<String>> {
+    let ifaces = ethernet_interfaces(std::path::Path::new("/sys/class/net"));
+    let Some(up) = cfg.choose(&ifaces) else {
+        if cfg.address.is_empty()
+            && cfg.mac.is_empty()
+            && cfg.pci_path.is_empty()
+            && cfg.interface.is_empty()
+        {
+            return Ok(Some(
+                "no ethernet interface and no [network] address: loopback only".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let others: Vec<&str> = ifaces
+        .iter()
+        .filter(|i| i.name != up.name)
+        .map(|i| i.name.as_str())
+        .collect();
+    let idx = index_of(&up.name)?;
+    request(&link_up_msg(idx, 2), "link up")?;
+    let mut s = up.name.clone();
+    match parse_address(cfg)? {
+        None => s.push_str(" up, no address configured ([network] address empty)"),
+        Some((addr, prefix, gw)) => {
+            request(&addr_msg(idx, addr, prefix, 3), "add address")?;
+            s.push_str(&format!(" {addr}/{prefix}"));
+            if let Some(gw) = gw {
+                request(&default_route_msg(idx, gw, 4), "default route")?;
+                s.push_str(&format!(" via {gw}"));
+            }
+        }
     }
-    Ok(s)
+    s.push_str(&format!(
+        " (uplink {}, chosen by {})",
+        up.describe(),
+        cfg.selector()
+    ));
+    if !others.is_empty() {
+        s.push_str(&format!("; left down: {}", others.join(", ")));
+    }
+    Ok(Some(s))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn iface(name: &str, mac: &str, dev: &str) -> Iface {
+        Iface {
+            name: name.into(),
+            mac: mac.into(),
+            device_path: dev.into(),
+        }
+    }
+
+    fn two_nics() -> Vec<Iface> {
+        vec![
+            iface(
+                "eth0",
+                "52:54:00:00:00:01",
+                "/sys/devices/pci0000:00/0000:00:02.0/virtio0",
+            ),
+            iface(
+                "eth1",
+                "52:54:00:00:00:02",
+                "/sys/devices/pci0000:00/0000:00:1c.0/0000:01:00.0",
+            ),
+        ]
+    }
+
+    #[test]
+    fn uplink_by_mac_pci_path_or_name_else_the_first() {
+        let nics = two_nics();
+        let pick = |toml: &str| {
+            let c: NetworkConfig = toml::from_str(toml).unwrap();
+            c.choose(&nics).map(|i| i.name.clone())
+        };
+        assert_eq!(pick("").as_deref(), Some("eth0"));
+        assert_eq!(pick("mac = \"52:54:00:00:00:02\"").as_deref(), Some("eth1"));
+        assert_eq!(pick("mac = \"52:54:00:00:00:0A\"").as_deref(), None);
+        assert_eq!(pick("pci_path = \"0000:01:00.0\"").as_deref(), Some("eth1"));
+        assert_eq!(
+            pick("pci_path = \"0000:00:1c.0/0000:01:00.0\"").as_deref(),
+            Some("eth1")
+        );
+        assert_eq!(pick("pci_path = \"0000:00:02.0\"").as_deref(), Some("eth0"));
+        assert_eq!(pick("name = \"eth1\"").as_deref(), Some("eth1"));
+        assert_eq!(pick("interface = \"eth1\"").as_deref(), Some("eth1"));
+        // Every given selector must match.
+        assert_eq!(
+            pick("name = \"eth0\"\nmac = \"52:54:00:00:00:02\"").as_deref(),
+            None
+        );
+        assert_eq!(nics[0].pci_address(), Some("0000:00:02.0"));
+        assert_eq!(nics[1].pci_address(), Some("0000:01:00.0"));
+    }
+
+    #[test]
+    fn ethernet_interfaces_from_sysfs() {
+        let t = tempfile::tempdir().unwrap();
+        let dev = t.path().join("devices/pci0000:00/0000:00:03.0");
+        std::fs::create_dir_all(&dev).unwrap();
+        for (n, ty) in [("eth0", "1"), ("gw0", "65534")] {
+            let d = t.path().join("class/net").join(n);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("type"), format!("{ty}\n")).unwrap();
+            std::fs::write(d.join("address"), "52:54:00:AB:CD:EF\n").unwrap();
+            std::os::unix::fs::symlink(&dev, d.join("device")).unwrap();
+        }
+        let v = ethernet_interfaces(&t.path().join("class/net"));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].name, "eth0");
+        assert_eq!(v[0].mac, "52:54:00:ab:cd:ef");
+        assert_eq!(v[0].pci_address(), Some("0000:00:03.0"));
+    }
 
     #[test]
     fn message_layout() {

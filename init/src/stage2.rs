@@ -156,10 +156,12 @@ fn harden_and_connect(site: &gwos_core::SiteConfig) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("loading the base nftables ruleset: {e}"))?;
     console::say(&format!("firewall: base ruleset loaded (default deny; spa udp/{}, control tcp/{} from {} backend networks)", fw.spa_port, fw.control_port, fw.backend.len()));
     let netcfg: net::NetworkConfig = site.section("network")?;
-    console::say(&format!(
-        "network: {}",
-        net::configure(&netcfg).context("network")?
-    ));
+    for line in crate::pci::report(&crate::pci::scan(std::path::Path::new(
+        "/sys/bus/pci/devices",
+    ))) {
+        console::say(&line);
+    }
+    net::start(&netcfg).context("network")?;
     console::say(&format!("state: {}", state::mount_var()?));
     Ok(())
 }
@@ -278,7 +280,7 @@ fn run_loop(
         }
         reap(sup);
         sup.tick();
-        if !ready && sup.all_required_healthy() {
+        if !ready && sup.all_required_healthy() && net::uplink_ready() {
             ready = true;
             let ms = crate::boottime_ms().saturating_sub(t0_ms);
             let slot = cmdline::get("gwos.slot").unwrap_or_default().to_uppercase();

@@ -55,6 +55,19 @@ pub fn copy_image(src: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(dst)
 }
 
+/// The suite's backend control key (qemu-tests/fixtures/backend_ed25519), copied
+/// into `dir` with mode 0600 as OpenSSH wants.
+pub fn backend_key(dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.join("backend_ed25519");
+    std::fs::copy(
+        workspace().join("qemu-tests/fixtures/backend_ed25519"),
+        &key,
+    )?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    Ok(key)
+}
+
 /// XORs one byte at `offset` of `file` with 0xff.
 pub fn flip_byte(file: &Path, offset: u64) -> anyhow::Result<()> {
     use std::io::{Read, Seek, SeekFrom, Write};
@@ -76,49 +89,70 @@ fn env_path(var: &str, default: PathBuf) -> PathBuf {
     std::env::var_os(var).map(PathBuf::from).unwrap_or(default)
 }
 
+/// The host tool: `$GWOS_BIN` (set by the Makefile) or target/release/gwos.
+pub fn gwos_bin() -> PathBuf {
+    env_path("GWOS_BIN", workspace().join("target/release/gwos"))
+}
+
+/// Builds `qemu-tests/test-image.toml` with `network_extra` (TOML lines) added to its
+/// `[site.network]` into `$GWOS_OUT/<name>/`, with the same kernel, `gwos` and
+/// `gwosd` as `make image`; returns that out dir.
+pub fn build_test_image(name: &str, network_extra: &str) -> anyhow::Result<PathBuf> {
+    let ws = workspace();
+    let gwos = gwos_bin();
+    let gwosd = env_path(
+        "GWOSD",
+        ws.join("target/x86_64-unknown-linux-gnu/release/gwosd"),
+    );
+    let kernel = out_dir().join("bzImage");
+    for p in [&gwos, &gwosd, &kernel] {
+        anyhow::ensure!(
+            p.exists(),
+            "{} missing: run `make image` first (or set GWOS_BIN/GWOSD/GWOS_OUT)",
+            p.display()
+        );
+    }
+    let out = out_dir().join(name);
+    std::fs::create_dir_all(&out)?;
+    let text = std::fs::read_to_string(ws.join("qemu-tests/test-image.toml"))?
+        .replace(
+            "rootfs_dir = \"../rootfs\"",
+            &format!("rootfs_dir = \"{}\"", ws.join("rootfs").display()),
+        )
+        .replace(
+            "[site.network]\n",
+            &format!("[site.network]\n{network_extra}\n"),
+        );
+    let config = out.join("image.toml");
+    std::fs::write(&config, text)?;
+    let o = std::process::Command::new(&gwos)
+        .arg("build")
+        .arg("--config")
+        .arg(&config)
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--gwosd")
+        .arg(&gwosd)
+        .arg("--out")
+        .arg(&out)
+        .arg("--workspace")
+        .arg(&ws)
+        .arg("--no-qcow2")
+        .output()?;
+    anyhow::ensure!(
+        o.status.success(),
+        "gwos build of {name} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(out)
+}
+
 /// Builds (once per test process) the suite's image from `qemu-tests/test-image.toml`
-/// with the same kernel, `gwos` and `gwosd` as `make image`; returns its out dir.
+/// into `$GWOS_OUT/qemu-test/`; returns its out dir.
 pub fn test_image() -> anyhow::Result<PathBuf> {
     static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let ws = workspace();
-            let gwos = env_path("GWOS_BIN", ws.join("target/release/gwos"));
-            let gwosd = env_path(
-                "GWOSD",
-                ws.join("target/x86_64-unknown-linux-gnu/release/gwosd"),
-            );
-            let kernel = out_dir().join("bzImage");
-            for p in [&gwos, &gwosd, &kernel] {
-                if !p.exists() {
-                    return Err(format!(
-                        "{} missing: run `make image` first (or set GWOS_BIN/GWOSD/GWOS_OUT)",
-                        p.display()
-                    ));
-                }
-            }
-            let out = out_dir().join("qemu-test");
-            let o = std::process::Command::new(&gwos)
-                .arg("build")
-                .arg("--config")
-                .arg(ws.join("qemu-tests/test-image.toml"))
-                .arg("--kernel")
-                .arg(&kernel)
-                .arg("--gwosd")
-                .arg(&gwosd)
-                .arg("--out")
-                .arg(&out)
-                .arg("--no-qcow2")
-                .output()
-                .map_err(|e| e.to_string())?;
-            if !o.status.success() {
-                return Err(format!(
-                    "gwos build of the test image failed:\n{}",
-                    String::from_utf8_lossy(&o.stderr)
-                ));
-            }
-            Ok(out)
-        })
+        .get_or_init(|| build_test_image("qemu-test", "").map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(|e| anyhow::anyhow!(e))
 }

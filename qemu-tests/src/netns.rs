@@ -46,6 +46,17 @@ impl NetNs {
         Ok(ns)
     }
 
+    /// Another TAP device `name` in this namespace holding `addrs`.
+    pub fn add_tap(&self, name: &str, addrs: &[&str]) -> Result<()> {
+        ip(&[
+            "-n", &self.name, "tuntap", "add", "dev", name, "mode", "tap",
+        ])?;
+        for a in addrs {
+            ip(&["-n", &self.name, "addr", "add", a, "dev", name])?;
+        }
+        ip(&["-n", &self.name, "link", "set", name, "up"])
+    }
+
     /// A second namespace routed through this one (a remote client's site):
     /// a veth pair, `outer` (CIDR) on this side, `inner` (CIDR) in the new
     /// namespace with its default route via `outer`; this namespace forwards.
@@ -75,6 +86,30 @@ impl NetNs {
             String::from_utf8_lossy(&o.stderr)
         );
         Ok(ns)
+    }
+
+    /// Runs `script` with `sh -c` inside the namespace; (success, stdout+stderr).
+    pub fn sh(&self, script: &str) -> (bool, String) {
+        match self.exec("sh", &["-c", script]) {
+            Ok(o) => (
+                o.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+            ),
+            Err(e) => (false, format!("{e:#}")),
+        }
+    }
+
+    /// Calls control `cmd` (request `{}`) on the guest 10.0.2.15 from `src` with
+    /// the suite's backend key (qemu-tests/fixtures), through OpenSSH.
+    pub fn control(&self, key: &std::path::Path, src: &str, cmd: &str) -> (bool, String) {
+        self.sh(&format!(
+            "echo '{{}}' | timeout 90 ssh -p 2222 -i {} -o BindAddress={src} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o LogLevel=ERROR -o ConnectTimeout=20 gwctl@10.0.2.15 {cmd}",
+            key.display()
+        ))
     }
 
     /// Runs a command inside the namespace.
