@@ -237,7 +237,13 @@ pub fn call(
     };
     let mut line = serde_json::to_vec(&req)?;
     line.push(b'\n');
-    (&stream).write_all(&line)?;
+    // A server that refuses this caller answers with one line and closes,
+    // maybe before the request is written: its answer is still the reason.
+    if let Err(e) = (&stream).write_all(&line) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e).context("sending the request");
+        }
+    }
     let mut reader = BufReader::new((&stream).take(MAX_MESSAGE as u64 + 1));
     let mut buf = Vec::new();
     reader
