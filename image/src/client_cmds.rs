@@ -11,10 +11,10 @@ use clap::Args;
 
 /// `gwos connect`: its options live with the client code (mTLS client
 /// certificate, SPA knock before each connection: see docs/vpn.md).
-pub use gwos_tls_front::client::ConnectArgs as Connect;
+pub(crate) use gwos_tls_front::client::ConnectArgs as Connect;
 
 #[derive(Args)]
-pub struct Ctl {
+pub(crate) struct Ctl {
     /// Gateway address (host or IP).
     pub host: String,
     /// Command, e.g. health, vpn_user_create (`help` lists what your key may call).
@@ -39,11 +39,11 @@ pub struct Ctl {
     pub approval_secs: i64,
 }
 
-pub fn knock(args: &[String]) -> Result<()> {
+pub(crate) fn knock(args: &[String]) -> Result<()> {
     gwos_spa::client::cli(args)
 }
 
-pub fn connect(c: Connect) -> Result<()> {
+pub(crate) fn connect(c: Connect) -> Result<()> {
     let opts = gwos_tls_front::client::ConnectOptions::from_args(c)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -52,7 +52,7 @@ pub fn connect(c: Connect) -> Result<()> {
 }
 
 /// Runs one control command; returns the process exit status (0 ok, 1 refused).
-pub fn ctl(c: Ctl) -> Result<i32> {
+pub(crate) fn ctl(c: Ctl) -> Result<i32> {
     use std::io::IsTerminal;
     let text = match c.request.as_deref() {
         Some(p) if p.as_os_str() != "-" => {

@@ -7,6 +7,8 @@
 //! report ([`report`]). `gwos verify` ([`verify`]) checks an image the way
 //! stage 1 of init will, plus the UKI hash.
 
+#![forbid(unsafe_code)]
+
 pub mod build;
 pub mod config;
 pub mod cpio;

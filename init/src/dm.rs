@@ -148,7 +148,7 @@ mod tests {
         assert_eq!(&spec[24..30], b"verity");
         assert_eq!(&spec[40..46], b"1 2 3\0");
         assert_eq!(u32::from_ne_bytes(spec[20..24].try_into().unwrap()) % 8, 0);
-        assert!(header("", 0, &[]).is_err());
+        header("", 0, &[]).unwrap_err();
     }
 
     #[test]

@@ -636,7 +636,7 @@ mod tests {
         nix::sys::prctl::set_no_new_privs().unwrap();
         install(&svc).unwrap();
         let eperm = Some(libc::EPERM);
-        // SAFETY (every raw syscall below): harmless arguments — a no-op unshare, reads of this
+        // SAFETY: every raw syscall below has harmless arguments — a no-op unshare, reads of this
         // process's own state, sockets that are closed at exit, a clone3 with a zeroed argument
         // struct that the filter answers before the kernel reads it, and a clone that the filter
         // refuses before it runs (SIGCHLD-only flags otherwise; it never gets that far).

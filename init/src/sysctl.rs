@@ -93,8 +93,8 @@ mod tests {
         assert!(l
             .iter()
             .any(|e| e.key == "kernel.kexec_load_disabled" && e.optional));
-        assert!(parse("a b").is_err());
-        assert!(parse("../x = 1").is_err());
+        parse("a b").unwrap_err();
+        parse("../x = 1").unwrap_err();
     }
 
     #[test]
@@ -122,14 +122,14 @@ mod tests {
         )
         .unwrap();
         assert!(opt.contains("absent (feature compiled out)"));
-        assert!(apply_one(
+        apply_one(
             &Entry {
                 key: "kernel.y".into(),
                 value: "1".into(),
-                optional: false
+                optional: false,
             },
-            d.path()
+            d.path(),
         )
-        .is_err());
+        .unwrap_err();
     }
 }

@@ -7,6 +7,8 @@
 //! namespace the test made. Both are torn down by `Drop` even when a test
 //! fails.
 
+#![forbid(unsafe_code)]
+
 pub mod gpt;
 pub mod netns;
 pub mod qemu;

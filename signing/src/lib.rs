@@ -14,6 +14,8 @@
 //! `m.root_hash == gwos.roothash=` from the command line; load
 //! [`Manifest::dm_verity_table`] for `root-<slot>`/`verity-<slot>`.
 
+#![forbid(unsafe_code)]
+
 pub mod envelope;
 pub mod error;
 pub mod keys;

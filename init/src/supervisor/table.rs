@@ -195,9 +195,9 @@ memory_max = "64M"
         let o: Vec<_> = t.order().unwrap().iter().map(|s| s.name.clone()).collect();
         assert_eq!(o, ["vpn", "control"]);
         assert_eq!(memory_value("64M").unwrap(), "67108864");
-        assert!(parse("[[service]]\nname='x'\nuid=0\ngid=1\n").is_err());
-        assert!(parse("[[service]]\nname='x'\nuid=1\ngid=1\ncaps=['CAP_BOGUS']\n").is_err());
-        assert!(parse("[[service]]\nname='x'\nuid=1\ngid=1\nafter=['x']\n").is_err());
-        assert!(parse("[[service]]\nname='x'\nuid=1\ngid=1\nwritable=['/etc']\n").is_err());
+        parse("[[service]]\nname='x'\nuid=0\ngid=1\n").unwrap_err();
+        parse("[[service]]\nname='x'\nuid=1\ngid=1\ncaps=['CAP_BOGUS']\n").unwrap_err();
+        parse("[[service]]\nname='x'\nuid=1\ngid=1\nafter=['x']\n").unwrap_err();
+        parse("[[service]]\nname='x'\nuid=1\ngid=1\nwritable=['/etc']\n").unwrap_err();
     }
 }

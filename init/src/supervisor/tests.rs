@@ -32,7 +32,7 @@ pub(super) struct Fake {
 }
 
 impl Fake {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             now: Instant::now(),
             calls: Vec::new(),
@@ -45,14 +45,14 @@ impl Fake {
     }
 
     /// Answers every pending probe of `name`.
-    pub fn answer(&mut self, name: &str, healthy: bool) {
+    pub(super) fn answer(&mut self, name: &str, healthy: bool) {
         let (mine, rest): (Vec<_>, Vec<_>) = self.pending.drain(..).partition(|(n, _)| n == name);
         self.pending = rest;
         self.answers
             .extend(mine.into_iter().map(|(_, t)| (t, healthy)));
     }
 
-    pub fn spawns(&self, name: &str) -> usize {
+    pub(super) fn spawns(&self, name: &str) -> usize {
         self.calls
             .iter()
             .filter(|c| **c == Call::Spawn(name.into()))

@@ -197,7 +197,7 @@ impl KeyStore {
 mod tests {
     use super::*;
 
-    pub const K1: &str =
+    pub(super) const K1: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEnnDDsPI1HfLZ3ZXVRmxXbUxaRCjtMiQvOxJSuLS0FF test@one";
 
     const K2: &str =

@@ -7,6 +7,8 @@
 //! security decision leaves the process as a structured [`event`] line that
 //! logship ships to the SIEM.
 
+#![forbid(unsafe_code)]
+
 pub mod context;
 pub mod event;
 pub mod rpc;

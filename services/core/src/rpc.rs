@@ -294,8 +294,8 @@ mod tests {
 
     #[test]
     fn known_service_sockets_must_be_served_by_their_uid() {
-        assert!(server_uid_ok("spa", 801, 801).is_ok());
-        assert!(server_uid_ok("spa", 801, 0).is_ok());
+        server_uid_ok("spa", 801, 801).unwrap();
+        server_uid_ok("spa", 801, 0).unwrap();
         let e = server_uid_ok("spa", 801, 803).unwrap_err().to_string();
         assert!(e.contains("uid 803") && e.contains("801"), "{e}");
         // A real socket named spa.sock, served by this test's uid: allowed only if that is root or 801.

@@ -4,10 +4,10 @@ use nftnl::nftnl_sys as sys;
 
 use crate::nl::{Expr, Val};
 
-pub const REG_VERDICT: u32 = 0;
-pub const REG_1: u32 = 1;
+pub(crate) const REG_VERDICT: u32 = 0;
+pub(crate) const REG_1: u32 = 1;
 /// 32-bit register n (NFT_REG32_00 + n); REG_1 overlaps REG32_00..03.
-pub const fn reg32(n: u32) -> u32 {
+pub(crate) const fn reg32(n: u32) -> u32 {
     8 + n
 }
 const BASE_NETWORK: u32 = 1;
@@ -19,17 +19,17 @@ const META_OIFNAME: u32 = 7;
 const META_SKUID: u32 = 10;
 const META_NFPROTO: u32 = 15;
 const META_L4PROTO: u32 = 16;
-pub const NFPROTO_IPV4: u8 = 2;
-pub const NFPROTO_IPV6: u8 = 10;
-pub const CT_INVALID: u32 = 1;
-pub const CT_ESTABLISHED: u32 = 2;
-pub const CT_RELATED: u32 = 4;
+pub(crate) const NFPROTO_IPV4: u8 = 2;
+pub(crate) const NFPROTO_IPV6: u8 = 10;
+pub(crate) const CT_INVALID: u32 = 1;
+pub(crate) const CT_ESTABLISHED: u32 = 2;
+pub(crate) const CT_RELATED: u32 = 4;
 
 fn e(name: &'static str, attrs: Vec<(u32, Val)>) -> Expr {
     Expr { name, attrs }
 }
 
-pub fn payload(base_network: bool, offset: u32, len: u32, dreg: u32) -> Expr {
+pub(crate) fn payload(base_network: bool, offset: u32, len: u32, dreg: u32) -> Expr {
     e(
         "payload",
         vec![
@@ -58,7 +58,7 @@ fn meta(key: u32, dreg: u32) -> Expr {
     )
 }
 
-pub fn cmp(eq: bool, data: Vec<u8>) -> Expr {
+pub(crate) fn cmp(eq: bool, data: Vec<u8>) -> Expr {
     e(
         "cmp",
         vec![
@@ -73,28 +73,28 @@ pub fn cmp(eq: bool, data: Vec<u8>) -> Expr {
 }
 
 /// `meta nfproto ipv4|ipv6`
-pub fn nfproto(p: u8) -> Vec<Expr> {
+pub(crate) fn nfproto(p: u8) -> Vec<Expr> {
     vec![meta(META_NFPROTO, REG_1), cmp(true, vec![p])]
 }
 
 /// `meta l4proto N`
-pub fn l4proto(p: u8) -> Vec<Expr> {
+pub(crate) fn l4proto(p: u8) -> Vec<Expr> {
     vec![meta(META_L4PROTO, REG_1), cmp(true, vec![p])]
 }
 
-pub fn l4proto_into(dreg: u32) -> Expr {
+pub(crate) fn l4proto_into(dreg: u32) -> Expr {
     meta(META_L4PROTO, dreg)
 }
 
 /// `iifname "name"`
-pub fn iifname(name: &str) -> Vec<Expr> {
+pub(crate) fn iifname(name: &str) -> Vec<Expr> {
     let mut d = name.as_bytes().to_vec();
     d.push(0);
     vec![meta(META_IIFNAME, REG_1), cmp(true, d)]
 }
 
 /// `oifname "name"` (`eq`) or `oifname != "name"`.
-pub fn oifname(name: &str, eq: bool) -> Vec<Expr> {
+pub(crate) fn oifname(name: &str, eq: bool) -> Vec<Expr> {
     let mut d = name.as_bytes().to_vec();
     d.push(0);
     vec![meta(META_OIFNAME, REG_1), cmp(eq, d)]
@@ -103,7 +103,7 @@ pub fn oifname(name: &str, eq: bool) -> Vec<Expr> {
 /// `ip saddr NET` (`src`) or `ip daddr NET`, after `nfproto(NFPROTO_IPV4)`:
 /// the address masked to the prefix and compared with the network; a /0
 /// matches every IPv4 packet and needs no expression at all.
-pub fn ipv4_net(src: bool, net: ipnet::Ipv4Net) -> Vec<Expr> {
+pub(crate) fn ipv4_net(src: bool, net: ipnet::Ipv4Net) -> Vec<Expr> {
     let net = net.trunc();
     if net.prefix_len() == 0 {
         return Vec::new();
@@ -129,7 +129,7 @@ pub fn ipv4_net(src: bool, net: ipnet::Ipv4Net) -> Vec<Expr> {
 }
 
 /// `ip daddr != ADDR`, after `nfproto(NFPROTO_IPV4)`.
-pub fn ipv4_daddr_not(addr: std::net::Ipv4Addr) -> Vec<Expr> {
+pub(crate) fn ipv4_daddr_not(addr: std::net::Ipv4Addr) -> Vec<Expr> {
     vec![
         payload(true, 16, 4, REG_1),
         cmp(false, addr.octets().to_vec()),
@@ -137,14 +137,14 @@ pub fn ipv4_daddr_not(addr: std::net::Ipv4Addr) -> Vec<Expr> {
 }
 
 /// `masquerade` (nat chains at the postrouting hook only).
-pub fn masquerade() -> Expr {
+pub(crate) fn masquerade() -> Expr {
     e("masq", vec![])
 }
 
 /// `meta skuid N`: the packet's local socket belongs to a process with
 /// (fs)uid N. Packets without a socket or file (kernel-made RSTs and ICMP
 /// errors, time-wait answers) never match.
-pub fn skuid(uid: u32) -> Vec<Expr> {
+pub(crate) fn skuid(uid: u32) -> Vec<Expr> {
     vec![
         meta(META_SKUID, REG_1),
         cmp(true, uid.to_ne_bytes().to_vec()),
@@ -152,7 +152,7 @@ pub fn skuid(uid: u32) -> Vec<Expr> {
 }
 
 /// `th sport N` (after an l4proto match).
-pub fn sport(port: u16) -> Vec<Expr> {
+pub(crate) fn sport(port: u16) -> Vec<Expr> {
     vec![
         payload(false, 0, 2, REG_1),
         cmp(true, port.to_be_bytes().to_vec()),
@@ -160,7 +160,7 @@ pub fn sport(port: u16) -> Vec<Expr> {
 }
 
 /// `th dport N` (after an l4proto match).
-pub fn dport(port: u16) -> Vec<Expr> {
+pub(crate) fn dport(port: u16) -> Vec<Expr> {
     vec![
         payload(false, 2, 2, REG_1),
         cmp(true, port.to_be_bytes().to_vec()),
@@ -168,12 +168,12 @@ pub fn dport(port: u16) -> Vec<Expr> {
 }
 
 /// First byte of the transport header (ICMP type) equals `t`.
-pub fn icmp_type(t: u8) -> Vec<Expr> {
+pub(crate) fn icmp_type(t: u8) -> Vec<Expr> {
     vec![payload(false, 0, 1, REG_1), cmp(true, vec![t])]
 }
 
 /// `ct state & mask != 0`
-pub fn ct_state(mask: u32) -> Vec<Expr> {
+pub(crate) fn ct_state(mask: u32) -> Vec<Expr> {
     vec![
         e(
             "ct",
@@ -200,7 +200,7 @@ pub fn ct_state(mask: u32) -> Vec<Expr> {
 }
 
 /// Lookup of register `sreg` in the named set (created in the same batch with `set_id`).
-pub fn lookup(set: &str, set_id: u32, sreg: u32) -> Expr {
+pub(crate) fn lookup(set: &str, set_id: u32, sreg: u32) -> Expr {
     e(
         "lookup",
         vec![
@@ -212,7 +212,7 @@ pub fn lookup(set: &str, set_id: u32, sreg: u32) -> Expr {
 }
 
 /// `limit rate N/second burst N packets`
-pub fn limit_per_sec(rate: u64) -> Expr {
+pub(crate) fn limit_per_sec(rate: u64) -> Expr {
     e(
         "limit",
         vec![
@@ -225,18 +225,18 @@ pub fn limit_per_sec(rate: u64) -> Expr {
     )
 }
 
-pub fn log(prefix: &str) -> Expr {
+pub(crate) fn log(prefix: &str) -> Expr {
     e(
         "log",
         vec![(sys::NFTNL_EXPR_LOG_PREFIX, Val::Str(prefix.into()))],
     )
 }
 
-pub fn counter() -> Expr {
+pub(crate) fn counter() -> Expr {
     e("counter", vec![])
 }
 
-pub fn accept() -> Expr {
+pub(crate) fn accept() -> Expr {
     e(
         "immediate",
         vec![
@@ -246,7 +246,7 @@ pub fn accept() -> Expr {
     )
 }
 
-pub fn drop() -> Expr {
+pub(crate) fn drop() -> Expr {
     e(
         "immediate",
         vec![
@@ -256,7 +256,7 @@ pub fn drop() -> Expr {
     )
 }
 
-pub fn jump(chain: &str) -> Expr {
+pub(crate) fn jump(chain: &str) -> Expr {
     e(
         "immediate",
         vec![

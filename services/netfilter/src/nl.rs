@@ -47,8 +47,8 @@ impl Batch {
     /// buffer so at least MAX_MSG bytes stay free for the next one (`nlh`
     /// must not be used afterwards: the buffer may have moved).
     unsafe fn advance(&mut self, nlh: *mut libc::nlmsghdr) {
-        // SAFETY (caller): `nlh` points at a header written inside `buf` at `len`.
-        let l = (*nlh).nlmsg_len as usize;
+        // SAFETY: the caller guarantees `nlh` points at a header written inside `buf` at `len`.
+        let l = unsafe { (*nlh).nlmsg_len } as usize;
         self.len += (l + 3) & !3;
         assert!(
             self.len <= self.buf.len(),

@@ -4,6 +4,8 @@
 //! init as `gwosd run spa`; control manages users over `spa.sock`; every
 //! decision leaves as an event line. `client` is the `gwos knock` encoder.
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod crypto;
 pub mod keyfile;

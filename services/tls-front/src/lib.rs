@@ -6,6 +6,8 @@
 //! framed datagrams ([`frame`]). The server key is per machine (made on first
 //! start); clients pin the SHA-256 of its SPKI ([`pin`]), which `health` reports.
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod frame;
 pub mod pin;

@@ -150,6 +150,6 @@ mod tests {
         assert_eq!(std::mem::size_of::<super::IfReqFlags>(), 40);
         assert_eq!(std::mem::size_of::<super::IfReqAddr>(), 40);
         assert_eq!(std::mem::size_of::<super::IfReqInt>(), 40);
-        assert!(super::ifname("this-name-is-too-long").is_err());
+        super::ifname("this-name-is-too-long").unwrap_err();
     }
 }

@@ -204,14 +204,12 @@ mod tests {
             u.allocate(pool, gw, None).unwrap(),
             Ipv4Addr::new(10, 77, 0, 3)
         );
-        assert!(u.allocate(pool, gw, Some(a)).is_err());
-        assert!(u.allocate(pool, gw, Some(gw)).is_err());
-        assert!(u
-            .allocate(pool, gw, Some(Ipv4Addr::new(10, 78, 0, 5)))
-            .is_err());
-        assert!(u
-            .allocate(pool, gw, Some(Ipv4Addr::new(10, 77, 0, 255)))
-            .is_err());
+        u.allocate(pool, gw, Some(a)).unwrap_err();
+        u.allocate(pool, gw, Some(gw)).unwrap_err();
+        u.allocate(pool, gw, Some(Ipv4Addr::new(10, 78, 0, 5)))
+            .unwrap_err();
+        u.allocate(pool, gw, Some(Ipv4Addr::new(10, 77, 0, 255)))
+            .unwrap_err();
     }
 
     #[test]
@@ -260,11 +258,11 @@ mod tests {
     fn names_keys_nets() {
         assert!(valid_name("alice@corp"));
         assert!(!valid_name("a b") && !valid_name("") && !valid_name("a;rm"));
-        assert!(parse_key("AAAA").is_err());
+        parse_key("AAAA").unwrap_err();
         assert_eq!(
             parse_nets(&["10.1.2.3/16".into(), "10.9.9.9".into()]).unwrap()[0].to_string(),
             "10.1.0.0/16"
         );
-        assert!(parse_nets(&["nope".into()]).is_err());
+        parse_nets(&["nope".into()]).unwrap_err();
     }
 }

@@ -15,7 +15,7 @@ use russh::keys::PrivateKey;
 use serde_json::Value;
 
 /// A key pair on disk.
-pub struct TestKey {
+pub(crate) struct TestKey {
     pub file: PathBuf,
     /// `ssh-ed25519 AAAA… name@test`
     pub line: String,
@@ -24,7 +24,7 @@ pub struct TestKey {
     pub private: PrivateKey,
 }
 
-pub fn key(dir: &Path, name: &str) -> TestKey {
+pub(crate) fn key(dir: &Path, name: &str) -> TestKey {
     let seed: [u8; 32] = rand::random();
     let mut private = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
     private.set_comment(format!("{name}@test"));
@@ -43,7 +43,7 @@ pub fn key(dir: &Path, name: &str) -> TestKey {
     }
 }
 
-pub fn site_key(k: &TestKey, scopes: &[&str]) -> KeyConfig {
+pub(crate) fn site_key(k: &TestKey, scopes: &[&str]) -> KeyConfig {
     KeyConfig {
         key: k.line.clone(),
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
@@ -55,7 +55,7 @@ pub fn site_key(k: &TestKey, scopes: &[&str]) -> KeyConfig {
 
 /// What PID 1 does before it starts control: the state sealing key in
 /// `<run>/keys/control.key` (review F10).
-pub fn seal_key(run: &Path) {
+pub(crate) fn seal_key(run: &Path) {
     let key = gwos_core::sealed::key_path(run, "control");
     std::fs::create_dir_all(key.parent().unwrap()).unwrap();
     if !key.exists() {
@@ -63,16 +63,16 @@ pub fn seal_key(run: &Path) {
     }
 }
 
-pub fn control(state: &Path, site: ControlConfig) -> Control {
+pub(crate) fn control(state: &Path, site: ControlConfig) -> Control {
     seal_key(&state.join("run"));
     site.validate().unwrap();
     Control::new(site, state, &state.join("run"), "SHA256:host".into()).unwrap()
 }
 
-pub const SOURCE: &str = "192.0.2.10";
+pub(crate) const SOURCE: &str = "192.0.2.10";
 
 /// One call with `body` (any bytes) as stdin; returns the response.
-pub fn call_raw(ctl: &Control, k: &TestKey, command: &str, body: &[u8]) -> Value {
+pub(crate) fn call_raw(ctl: &Control, k: &TestKey, command: &str, body: &[u8]) -> Value {
     let caller = Caller {
         fingerprint: k.fp.clone(),
         source: SOURCE.parse::<IpAddr>().unwrap(),
@@ -89,15 +89,15 @@ pub fn call_raw(ctl: &Control, k: &TestKey, command: &str, body: &[u8]) -> Value
     resp
 }
 
-pub fn call(ctl: &Control, k: &TestKey, command: &str, req: &Value) -> Value {
+pub(crate) fn call(ctl: &Control, k: &TestKey, command: &str, req: &Value) -> Value {
     call_raw(ctl, k, command, req.to_string().as_bytes())
 }
 
-pub fn assert_ok(v: &Value) {
+pub(crate) fn assert_ok(v: &Value) {
     assert_eq!(v["ok"], true, "expected ok: {v}");
 }
 
-pub fn assert_err(v: &Value, needle: &str) {
+pub(crate) fn assert_err(v: &Value, needle: &str) {
     assert_eq!(
         v["ok"], false,
         "expected an error containing {needle:?}: {v}"
@@ -107,7 +107,7 @@ pub fn assert_err(v: &Value, needle: &str) {
 }
 
 /// Audit records of `kind` in `state/audit.log*`, oldest first.
-pub fn audit(state: &Path, kind: &str) -> Vec<Value> {
+pub(crate) fn audit(state: &Path, kind: &str) -> Vec<Value> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(state)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -141,7 +141,7 @@ pub fn audit(state: &Path, kind: &str) -> Vec<Value> {
 
 /// `gwos_control::server::serve` on 127.0.0.1 (an ephemeral port, backend
 /// 127.0.0.0/8) in its own runtime; stops on drop.
-pub struct Served {
+pub(crate) struct Served {
     pub rt: tokio::runtime::Runtime,
     pub addr: std::net::SocketAddr,
     pub ctl: std::sync::Arc<Control>,
@@ -154,13 +154,13 @@ impl Drop for Served {
     }
 }
 
-pub fn serve(state: &Path, site: ControlConfig) -> Served {
+pub(crate) fn serve(state: &Path, site: ControlConfig) -> Served {
     serve_on(state, site, 0)
 }
 
 /// [`serve`] on a given port (0 = any); retries while the port is still
 /// held by a server that just stopped.
-pub fn serve_on(state: &Path, mut site: ControlConfig, port: u16) -> Served {
+pub(crate) fn serve_on(state: &Path, mut site: ControlConfig, port: u16) -> Served {
     site.listen = format!("127.0.0.1:{port}");
     site.backend = vec!["127.0.0.0/8".into()];
     site.validate().unwrap();
@@ -197,7 +197,7 @@ pub fn serve_on(state: &Path, mut site: ControlConfig, port: u16) -> Served {
 /// The real OpenSSH client against `addr` with `keys` (-i each), `extra`
 /// options; returns (stdout, stderr, exit code). Host key checking is off:
 /// these tests are about the server (gwos ctl's checking has its own test).
-pub fn ssh(
+pub(crate) fn ssh(
     addr: std::net::SocketAddr,
     keys: &[&Path],
     extra: &[&str],
