@@ -14,11 +14,13 @@
 //! `m.root_hash == gwos.roothash=` from the command line; load
 //! [`Manifest::dm_verity_table`] for `root-<slot>`/`verity-<slot>`.
 
+pub mod bundle;
 pub mod envelope;
 pub mod error;
 pub mod keys;
 pub mod manifest;
 
+pub use bundle::{BundleError, Slot};
 pub use envelope::{open, seal, SignedManifest, ENVELOPE_HEADER_LEN, MAGIC, MAX_MANIFEST_LEN};
 pub use error::Error;
 pub use keys::{key_id, load_dir, KeyId, PublicKey, ReleaseKey};
