@@ -7,12 +7,15 @@
 //! report ([`report`]). `gwos verify` ([`verify`]) checks an image the way
 //! stage 1 of init will, plus the UKI hash.
 
+pub mod bmap;
 pub mod build;
+pub mod bundle;
 pub mod config;
 pub mod cpio;
 pub mod erofs;
 pub mod esp;
 pub mod gpt;
+pub mod inspect;
 pub mod keys;
 pub mod report;
 pub mod rootfs;

@@ -12,6 +12,7 @@ pub mod rpc;
 pub mod site;
 pub mod state;
 pub mod state_template;
+pub mod verity;
 
 pub use context::ServiceContext;
 pub use event::{emit, Event};
