@@ -77,7 +77,7 @@ pub fn render(image: &Path) -> Result<(String, u64)> {
     }
     let text = |checksum: &str| {
         format!(
-            "<?xml version=\"1.0\" ?>\n<!-- written by gwos build; flash with: bmaptool copy gwos.img /dev/sdX -->\n<bmap version=\"2.0\">\n    <ImageSize> {size} </ImageSize>\n    <BlockSize> {BLOCK} </BlockSize>\n    <BlocksCnt> {} </BlocksCnt>\n    <MappedBlocksCnt> {mapped} </MappedBlocksCnt>\n    <ChecksumType> sha256 </ChecksumType>\n    <BmapFileChecksum> {checksum} </BmapFileChecksum>\n    <BlockMap>\n{body}    </BlockMap>\n</bmap>\n",
+            "<?xml version=\"1.0\" ?>\n<!-- written by gwos build; flash with: bmaptool copy gwos.img /dev/sdX -->\n<bmap version=\"2.0\">\n    <ImageSize> {size} </ImageSize>\n    <BlockSize> {BLOCK} </BlockSize>\n    <BlocksCount> {} </BlocksCount>\n    <MappedBlocksCount> {mapped} </MappedBlocksCount>\n    <ChecksumType> sha256 </ChecksumType>\n    <BmapFileChecksum> {checksum} </BmapFileChecksum>\n    <BlockMap>\n{body}    </BlockMap>\n</bmap>\n",
             size.div_ceil(BLOCK)
         )
     };

@@ -162,6 +162,12 @@ pub const EXTRA: &[(&str, &[i64])] = &[
     // control: russh keeps key material in CryptoVec buffers it mlock()s
     // (seen in the ssh_channel trace); RLIMIT_MEMLOCK bounds it.
     ("control", &[libc::SYS_mlock, libc::SYS_munlock]),
+    // update: drop the page cache of a written partition before reading it
+    // back (fadvise DONTNEED), and check the spool's free space (statvfs).
+    (
+        "update",
+        &[libc::SYS_fadvise64, libc::SYS_statfs, libc::SYS_fstatfs],
+    ),
 ];
 
 /// `socket(domain, ..)` is allowed for these address families only: unix
@@ -434,6 +440,7 @@ mod tests {
         "vpn",
         "tls-front",
         "control",
+        "update",
         "selftest",
         "selftest-crash",
     ];

@@ -422,14 +422,12 @@ impl Control {
                 }
                 self.forward("init", "reboot", json!({}), trace_id)
             }
-            (
-                "spawn_browser_container"
-                | "terminate_session"
-                | "update_apply"
-                | "update_status"
-                | "update_rollback",
-                _,
-            ) => Err(format!("{command} is not available in this release")),
+            ("update_status", _) => self.forward("update", "status", json!({}), trace_id),
+            ("update_rollback", _) => self.forward("update", "rollback", json!({}), trace_id),
+            ("update_apply", _) => Err(format!("{command} streams the bundle on stdin: `ssh gwctl@gateway update_apply < bundle.update`")),
+            ("spawn_browser_container" | "terminate_session", _) => {
+                Err(format!("{command} is not available in this release"))
+            }
             (c, _) => Err(format!("internal error: no handler for {c}")),
         }
     }

@@ -133,19 +133,19 @@ pub const COMMANDS: &[CommandSpec] = &[
         "update_apply",
         "update:write",
         true,
-        "not available in this release",
+        "stream a signed update bundle on stdin into the inactive slot",
     ),
     c(
         "update_status",
         "update:write",
         false,
-        "not available in this release",
+        "both slots (version, root hash, state), the floor, the last update",
     ),
     c(
         "update_rollback",
         "update:write",
         true,
-        "not available in this release",
+        "make the other good slot the next boot",
     ),
 ];
 

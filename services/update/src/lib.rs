@@ -261,10 +261,8 @@ pub fn apply_from(
     let _ = gwos_core::state::write_json(&paths.state_dir.join(status::LAST_FILE), &last);
     match outcome {
         Ok(a) => Response::ok(serde_json::to_value(&a).unwrap_or(Value::Null)),
-        Err(e) => {
-            // Drain what the caller still sends, so it reads our answer instead of a broken pipe.
-            let _ = std::io::copy(&mut input.take(1 << 34), &mut std::io::sink());
-            Response::err(e.to_string())
-        }
+        // The rest of a refused stream is not read: the caller sees the
+        // answer and stops sending (control drops what its client still sends).
+        Err(e) => Response::err(e.to_string()),
     }
 }
