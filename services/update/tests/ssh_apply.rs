@@ -170,9 +170,9 @@ fn openssh_update_apply_refuses_tampered_then_writes_slot_b() {
     let audit = std::fs::read_to_string(gw.fx.path("state-control/audit.log")).unwrap();
     let rec: Value = audit
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|r| r["command"] == "update_apply" && r["result"] == "ok")
-        .last()
+        .find(|r| r["command"] == "update_apply" && r["result"] == "ok")
         .unwrap_or_else(|| panic!("no update_apply record in {audit}"));
     assert_eq!(
         rec["bundle_sha256"],
