@@ -108,6 +108,8 @@ pub fn test_image() -> anyhow::Result<PathBuf> {
                 .arg("--out")
                 .arg(&out)
                 .arg("--no-qcow2")
+                // The test image is a development image named 0.1.0 (F15).
+                .arg("--allow-dev-keys")
                 .output()
                 .map_err(|e| e.to_string())?;
             if !o.status.success() {

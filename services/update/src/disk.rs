@@ -104,6 +104,68 @@ impl Disk {
     }
 }
 
+impl Disk {
+    /// A disk image file (offline use and benchmarks): the GPT's partition
+    /// entries by name. Only what the writer needs is read: entry LBA,
+    /// count, size; each entry's first/last LBA and UTF-16 name.
+    pub fn from_image(path: &std::path::Path) -> Result<Disk> {
+        let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut hdr = [0u8; 92];
+        f.read_exact_at(&mut hdr, 512)
+            .context("reading the GPT header")?;
+        anyhow::ensure!(
+            &hdr[..8] == b"EFI PART",
+            "{}: no GPT header at LBA 1",
+            path.display()
+        );
+        let le64 = |b: &[u8]| u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+        let le32 = |b: &[u8]| u32::from_le_bytes(b[..4].try_into().expect("4 bytes"));
+        let (lba, count, size) = (
+            le64(&hdr[72..]),
+            le32(&hdr[80..]),
+            le32(&hdr[84..]) as usize,
+        );
+        anyhow::ensure!(
+            (128..=4096).contains(&size) && count <= 1024,
+            "GPT entry size {size} / count {count} unsupported"
+        );
+        let mut entries = vec![0u8; size * count as usize];
+        f.read_exact_at(&mut entries, lba * 512)
+            .context("reading the GPT entries")?;
+        let mut parts = Vec::new();
+        for e in entries.chunks(size) {
+            let (first, last) = (le64(&e[32..]), le64(&e[40..]));
+            if first == 0 && last == 0 {
+                continue;
+            }
+            let units: Vec<u16> = e[56..128]
+                .chunks(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .take_while(|&u| u != 0)
+                .collect();
+            let label = String::from_utf16_lossy(&units);
+            parts.push(Part {
+                label,
+                path: path.to_path_buf(),
+                offset: first * 512,
+                size: (last - first + 1) * 512,
+            });
+        }
+        let find = |l: &str| {
+            parts
+                .iter()
+                .find(|p| p.label == l)
+                .cloned()
+                .with_context(|| format!("{}: no partition {l}", path.display()))
+        };
+        Ok(Disk {
+            esp: find("esp")?,
+            root: [find("root-a")?, find("root-b")?],
+            verity: [find("verity-a")?, find("verity-b")?],
+        })
+    }
+}
+
 /// (PARTNAME, DEVNAME) of every labelled block device.
 fn scan_sysfs() -> Vec<(String, String)> {
     let mut out = Vec::new();

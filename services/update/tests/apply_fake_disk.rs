@@ -257,3 +257,13 @@ fn rollback_needs_a_good_other_slot_and_marks_the_active_one_bad() {
         .to_string();
     assert!(e.contains("slot B is trial"), "{e}");
 }
+
+#[test]
+fn disk_image_gpt_is_read_like_the_image_tool_wrote_it() {
+    let fx = Fixture::new();
+    let d = gwos_update::disk::Disk::from_image(&fx.disk.esp.path).unwrap();
+    assert_eq!(d.esp, fx.disk.esp);
+    assert_eq!(d.root, fx.disk.root);
+    assert_eq!(d.verity, fx.disk.verity);
+    assert_eq!(d.layout_id(), fx.disk.layout_id());
+}
