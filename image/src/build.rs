@@ -214,6 +214,22 @@ pub fn build(a: &Args) -> Result<Built> {
     std::fs::create_dir_all(tpl.parent().expect("template has a parent"))?;
     std::fs::write(&tpl, crate::statefs::template(&work, epoch, state_uuid)?)?;
     std::fs::set_permissions(&tpl, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    // The running release as the update service sees it (inside the verified root).
+    let release = staging.join("etc/gwos/release.json");
+    std::fs::create_dir_all(release.parent().expect("has a parent"))?;
+    std::fs::write(
+        &release,
+        serde_json::to_string_pretty(&json!({
+            "version": im.version,
+            "version_id": im.version_id,
+            "security_floor": im.security_floor,
+            "development": keys.dev,
+        }))? + "\n",
+    )?;
+    std::fs::set_permissions(
+        &release,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
 
     steps.step("mkfs.erofs");
     let erofs_path = slot_dir.join("root.erofs");

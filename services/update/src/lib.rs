@@ -57,6 +57,7 @@ struct Request {
 pub struct Paths {
     pub state_dir: PathBuf,
     pub boot_json: PathBuf,
+    pub release_json: PathBuf,
     pub keys_dir: PathBuf,
     /// None: find the partitions in sysfs.
     pub disk: Option<disk::Disk>,
@@ -67,6 +68,7 @@ pub fn run(ctx: ServiceContext) -> Result<()> {
     let paths = Paths {
         state_dir: ctx.state_dir.clone(),
         boot_json: PathBuf::from(boot::BOOT_JSON),
+        release_json: PathBuf::from(boot::RELEASE_JSON),
         keys_dir: PathBuf::from(KEYS_DIR),
         disk: None,
         allowed_uids: vec![CONTROL_UID, 0],
@@ -188,21 +190,21 @@ fn active_root_hash() -> Option<String> {
         .map(str::to_owned)
 }
 
+fn boot_of(paths: &Paths, disk: &disk::Disk) -> Result<boot::BootInfo> {
+    boot::BootInfo::load_or_derive(&paths.boot_json, &paths.release_json, Some(&disk.esp))
+}
+
 fn status_of(paths: &Paths) -> Result<Value> {
     let keys = gwos_signing::load_dir(&paths.keys_dir)?;
-    let boot = boot::BootInfo::load(&paths.boot_json)?;
-    status::status(
-        &disk_of(paths)?,
-        &keys,
-        &boot,
-        &paths.state_dir,
-        active_root_hash(),
-    )
+    let disk = disk_of(paths)?;
+    let boot = boot_of(paths, &disk)?;
+    status::status(&disk, &keys, &boot, &paths.state_dir, active_root_hash())
 }
 
 fn rollback_of(paths: &Paths) -> Result<Value> {
-    let boot = boot::BootInfo::load(&paths.boot_json)?;
-    status::rollback(&disk_of(paths)?, &boot, &paths.state_dir, now())
+    let disk = disk_of(paths)?;
+    let boot = boot_of(paths, &disk)?;
+    status::rollback(&disk, &boot, &paths.state_dir, now())
 }
 
 /// Runs [`apply::apply`] and records the outcome in `last.json`.
@@ -212,10 +214,11 @@ pub fn apply_from(
     progress: &mut dyn FnMut(String),
 ) -> Response {
     let prepared = (|| -> Result<_> {
+        let disk = disk_of(paths)?;
         Ok((
             gwos_signing::load_dir(&paths.keys_dir)?,
-            boot::BootInfo::load(&paths.boot_json)?,
-            disk_of(paths)?,
+            boot_of(paths, &disk)?,
+            disk,
         ))
     })();
     let outcome = match &prepared {

@@ -45,6 +45,7 @@ fn start() -> Gateway {
     let paths = gwos_update::Paths {
         state_dir: state_u,
         boot_json: fx.path("boot.json"),
+        release_json: fx.path("no-release.json"),
         keys_dir: keys,
         disk: Some(fx.disk.clone()),
         allowed_uids: vec![0, gwos_core::rpc::CONTROL_UID, my_uid()],
