@@ -73,7 +73,11 @@ pub fn start(
                 notes.insert("key_comment".into(), json!(comment));
                 forward(&ctl, rx, &trace_id, channel, &handle, &mut notes).await
             }
-            Err(e) => Err(("denied", e)),
+            Err(e) => {
+                // Nobody reads the queue: drop it so the SSH side never waits on it.
+                drop(rx);
+                Err(("denied", e))
+            }
         };
         let (result, resp) = match outcome {
             Ok(result) => {

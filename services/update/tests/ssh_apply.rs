@@ -53,22 +53,27 @@ fn start() -> Gateway {
     let sock = run.join("update.sock");
     std::thread::spawn(move || gwos_update::serve(&sock, paths));
 
+    let keygen = |key: &Path| {
+        let o = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(key)
+            .output()
+            .expect("ssh-keygen (openssh-client)");
+        assert!(o.status.success());
+        std::fs::read_to_string(key.with_extension("pub")).unwrap()
+    };
     let key = fx.path("backend");
-    let o = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .output()
-        .expect("ssh-keygen (openssh-client)");
-    assert!(o.status.success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let public = keygen(&key);
+    let reader = keygen(&fx.path("reader"));
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let site = format!(
-        "[control]\nlisten = \"127.0.0.1:{port}\"\nbackend = [\"127.0.0.1/32\"]\n[[control.keys]]\nkey = \"{}\"\nscopes = [\"update:write\"]\ncomment = \"test backend\"\n",
-        public.trim()
+        "[control]\nlisten = \"127.0.0.1:{port}\"\nbackend = [\"127.0.0.1/32\"]\n[[control.keys]]\nkey = \"{}\"\nscopes = [\"update:write\"]\ncomment = \"test backend\"\n[[control.keys]]\nkey = \"{}\"\nscopes = [\"health:read\"]\ncomment = \"reader\"\n",
+        public.trim(),
+        reader.trim()
     );
     std::fs::write(fx.path("site.toml"), site).unwrap();
     let ctx = gwos_core::ServiceContext::load(
@@ -96,9 +101,13 @@ fn my_uid() -> u32 {
 
 impl Gateway {
     fn ssh(&self, command: &str, stdin: &Path) -> (Value, String, Output) {
+        self.ssh_as(&self.key, command, stdin)
+    }
+
+    fn ssh_as(&self, key: &Path, command: &str, stdin: &Path) -> (Value, String, Output) {
         let o = Command::new("ssh")
             .arg("-i")
-            .arg(&self.key)
+            .arg(key)
             .args(["-p", &self.port.to_string()])
             .args([
                 "-o",
@@ -182,4 +191,34 @@ fn openssh_update_apply_refuses_tampered_then_writes_slot_b() {
     );
     assert_eq!(rec["arguments"]["version_id"], "0.2.0", "{rec}");
     assert_eq!(rec["bundle_bytes"], good.len() as u64, "{rec}");
+}
+
+/// A key without `update:write` is refused at once, before anything reaches
+/// the update service, even while it keeps streaming a bundle far larger
+/// than control's queue (the SSH side must not wait on a queue nobody reads).
+#[test]
+fn openssh_update_apply_without_scope_is_refused_before_streaming() {
+    let gw = start();
+    let before = gw.fx.slot_b_and_esp();
+    let big = [gw.fx.v2(), gw.fx.v2(), gw.fx.v2()].concat();
+    std::fs::write(gw.fx.path("big.update"), &big).unwrap();
+    let (v, _, o) = gw.ssh_as(
+        &gw.fx.path("reader"),
+        "update_apply",
+        &gw.fx.path("big.update"),
+    );
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("lacks scope update:write"),
+        "{v}"
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(gw.fx.slot_b_and_esp(), before);
+    assert!(
+        !gw.fx.path("state-update/last.json").exists(),
+        "the update service was reached"
+    );
 }
