@@ -76,6 +76,24 @@ impl BootInfo {
         };
         if boot_json.exists() {
             let mut b = BootInfo::load(boot_json)?;
+            // /run/gwos is writable by every service: believe only PID 1's
+            // file (root's, or this process's own in host tests), and only if
+            // it names the slot the kernel booted.
+            let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(boot_json)?);
+            let me = rustix::process::geteuid().as_raw();
+            anyhow::ensure!(
+                owner == 0 || owner == me,
+                "{} is owned by uid {owner}, not root: not PID 1's; refusing to trust it",
+                boot_json.display()
+            );
+            if let Some(s) = cmdline_slot() {
+                anyhow::ensure!(
+                    s.eq_ignore_ascii_case(&b.slot),
+                    "{} says slot {} but the kernel booted gwos.slot={s}; refusing to trust it",
+                    boot_json.display(),
+                    b.slot
+                );
+            }
             if let Some(r) = &release {
                 b.security_floor = b.security_floor.max(r.security_floor);
             }
@@ -88,13 +106,8 @@ impl BootInfo {
                 release_json.display()
             )
         })?;
-        let slot = std::fs::read_to_string("/proc/cmdline")
-            .ok()
-            .and_then(|t| {
-                t.split_whitespace()
-                    .find_map(|w| w.strip_prefix("gwos.slot="))
-                    .map(str::to_uppercase)
-            })
+        let slot = cmdline_slot()
+            .map(|s| s.to_uppercase())
             .context("no gwos.slot= on /proc/cmdline")?;
         let counted = std::fs::read(BOOT_COUNT_VAR).ok().and_then(|raw| {
             let units: Vec<u16> = raw
@@ -131,6 +144,14 @@ impl BootInfo {
         Slot::parse(&self.slot)
             .with_context(|| format!("boot.json slot {:?} is not A or B", self.slot))
     }
+}
+
+/// `gwos.slot=` of the running kernel, if any.
+fn cmdline_slot() -> Option<String> {
+    let t = std::fs::read_to_string("/proc/cmdline").ok()?;
+    t.split_whitespace()
+        .find_map(|w| w.strip_prefix("gwos.slot="))
+        .map(str::to_owned)
 }
 
 #[cfg(test)]
