@@ -267,3 +267,30 @@ fn disk_image_gpt_is_read_like_the_image_tool_wrote_it() {
     assert_eq!(d.verity, fx.disk.verity);
     assert_eq!(d.layout_id(), fx.disk.layout_id());
 }
+
+/// A failure after the slot is written but before the UKI is in place (here:
+/// the ESP is too full for the UKI) leaves slot B without any boot entry, so
+/// systemd-boot can only boot A; A's entry is untouched, and the next apply
+/// clears the leftover temporary file.
+#[test]
+fn failure_while_installing_the_uki_leaves_slot_b_without_a_boot_entry() {
+    let fx = Fixture::new();
+    let a_before = part_bytes(fx.disk.root(Slot::A), fx.disk.root(Slot::A).size, 0);
+    let b = fx.bundle_with_uki(&fx.key, 2, 2, "0.2.0", 39 * (1 << 20) + 600 * 1024);
+    let e = fx.apply(&b, &running_a(1)).expect_err("the UKI cannot fit");
+    assert!(matches!(e, ApplyError::Device(_)), "{e}");
+    assert!(e.to_string().contains("ESP"), "{e}");
+    let names: Vec<String> = esp::list(&fx.disk.esp)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["gwos-0.1.0-a.efi"], "only slot A may be bootable");
+    assert_eq!(
+        part_bytes(fx.disk.root(Slot::A), fx.disk.root(Slot::A).size, 0),
+        a_before
+    );
+    // A retry with a bundle that fits succeeds.
+    let done = fx.apply(&fx.v2(), &running_a(1)).unwrap();
+    assert_eq!(done.uki, "gwos-0.2.0-b+3.efi");
+}

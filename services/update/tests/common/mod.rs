@@ -92,14 +92,26 @@ impl Fixture {
 
     /// A real bundle: root data with its dm-verity tree, two UKIs.
     pub fn bundle(&self, key: &ReleaseKey, version: u64, floor: u64, version_id: &str) -> Vec<u8> {
+        self.bundle_with_uki(key, version, floor, version_id, 300_000)
+    }
+
+    /// A bundle whose UKIs are `uki_len` (and `uki_len + 1`) bytes.
+    pub fn bundle_with_uki(
+        &self,
+        key: &ReleaseKey,
+        version: u64,
+        floor: u64,
+        version_id: &str,
+        uki_len: usize,
+    ) -> Vec<u8> {
         let root = bytes((ROOT_BLOCKS * 4096) as usize, version as u32 * 7);
         let salt = [0x5a; 32];
         let uuid = uuid::Uuid::from_bytes([7; 16]);
         let tree =
             gwos_core::verity::build(&root[..], ROOT_BLOCKS, &salt, uuid.as_bytes()).unwrap();
         let ukis = [
-            bytes(300_000, 10 + version as u32),
-            bytes(300_001, 20 + version as u32),
+            bytes(uki_len, 10 + version as u32),
+            bytes(uki_len + 1, 20 + version as u32),
         ];
         let m = Manifest {
             format: 1,
