@@ -79,11 +79,12 @@ SLOT=$(sed -n 's/.*"slot":"\([AB]\)".*/\1/p' "$TMP/apply.json")
   echo
   echo "| what | seconds (median) | MiB/s of slot bytes | peak RSS |"
   echo "|---|---|---|---|"
-  printf '| update writer (apply_image, release build) | %s | %.0f | %.1f MiB |\n' "$O" "$(echo "$BYTES / 1048576 / $O" | bc -l)" "$(echo "$R / 1024" | bc -l)"
-  printf '| raw dd of the same bytes, conv=fsync (the physical limit) | %s | %.0f | |\n' "$D" "$(echo "$BYTES / 1048576 / $D" | bc -l)"
+  printf '| update writer (apply_image, release build) | %.3f | %.0f | %.1f MiB |\n' "$O" "$(echo "$BYTES / 1048576 / $O" | bc -l)" "$(echo "$R / 1024" | bc -l)"
+  printf '| raw dd of the same bytes, conv=fsync (the physical limit) | %.3f | %.0f | |\n' "$D" "$(echo "$BYTES / 1048576 / $D" | bc -l)"
   echo
   printf 'Ratio writer / dd: **%.2fx** the time of the raw copy. Peak RSS goal: <= 64 MiB (Flatcar update_engine: 1.3-1.9 GB).\n' "$(echo "$O / $D" | bc -l)"
   echo
+  echo "Where the time goes: the writer moves every slot byte three times (spool, partition, read-back) and writes the UKI through FAT one cluster at a time with its FAT updates (fatfs), then reads it back; dd writes each byte once."
   echo "Machine: $(nproc) CPUs, $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ); shared with other work (load $(cut -d' ' -f1 /proc/loadavg)). Not inside QEMU: same code, host file instead of a virtio disk."
   echo "Command: \`benches/update.sh $BUNDLE $IMG\`."
   echo

@@ -20,6 +20,7 @@ use fatfs::{FileSystem, FsOptions};
 use gwos_signing::Slot;
 use sha2::{Digest, Sha256};
 
+use crate::blockcache::BlockCache;
 use crate::disk::{Part, Window};
 
 pub const DIR: &str = "EFI/Linux";
@@ -83,13 +84,18 @@ pub fn trial_name(version_id: &str, slot: Slot) -> String {
     format!("gwos-{version_id}-{}+{TRIES}.efi", slot.lower())
 }
 
-fn with_fs<T>(esp: &Part, f: impl FnOnce(&FileSystem<&mut Window>) -> Result<T>) -> Result<T> {
+fn with_fs<T>(esp: &Part, f: impl FnOnce(&FileSystem<&mut BlockCache>) -> Result<T>) -> Result<T> {
     let mut w = esp.open_rw()?;
     let out = {
-        let fs = FileSystem::new(&mut w, FsOptions::new().update_accessed_date(false))
-            .context("the ESP is not a readable FAT file system")?;
-        let out = f(&fs)?;
-        fs.unmount().context("flushing the ESP")?;
+        let mut cache = BlockCache::new(&mut w);
+        let out = {
+            let fs = FileSystem::new(&mut cache, FsOptions::new().update_accessed_date(false))
+                .context("the ESP is not a readable FAT file system")?;
+            let out = f(&fs)?;
+            fs.unmount().context("flushing the ESP")?;
+            out
+        };
+        cache.flush().context("writing the ESP")?;
         out
     };
     w.file().sync_all().context("fsync of the ESP")?;

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod blockcache;
 pub mod boot;
 pub mod disk;
 pub mod esp;
