@@ -84,7 +84,7 @@ SLOT=$(sed -n 's/.*"slot":"\([AB]\)".*/\1/p' "$TMP/apply.json")
   echo
   printf 'Ratio writer / dd: **%.2fx** the time of the raw copy. Peak RSS goal: <= 64 MiB (Flatcar update_engine: 1.3-1.9 GB).\n' "$(echo "$O / $D" | bc -l)"
   echo
-  echo "Where the time goes: the writer moves every slot byte three times (spool, partition, read-back) and writes the UKI through FAT one cluster at a time with its FAT updates (fatfs), then reads it back; dd writes each byte once."
+  echo "Where the time goes: the writer moves every slot byte three times (spool, partition, read-back) and writes the UKI through FAT (fatfs over an 8 MiB write-back block cache, which is most of the RSS), then reads it back; dd writes each byte once."
   echo "Machine: $(nproc) CPUs, $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ); shared with other work (load $(cut -d' ' -f1 /proc/loadavg)). Not inside QEMU: same code, host file instead of a virtio disk."
   echo "Command: \`benches/update.sh $BUNDLE $IMG\`."
   echo

@@ -224,6 +224,8 @@ pub struct VerifiedHeader {
     pub key_id: KeyId,
     /// sha256 of the prefix and header bytes (what the audit names).
     pub header_sha256: [u8; 32],
+    /// Bytes of the signed header JSON (the parts start at PREFIX_LEN + this).
+    pub header_len: usize,
     manifests: [Manifest; 2],
     envelopes: [Vec<u8>; 2],
 }
@@ -346,6 +348,7 @@ pub fn read_header(r: &mut impl Read, keys: &[PublicKey]) -> Result<VerifiedHead
         header,
         key_id,
         header_sha256,
+        header_len: n,
         manifests,
         envelopes,
     })

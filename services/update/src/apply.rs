@@ -139,7 +139,7 @@ pub fn apply(
         uki,
         key_id: hex::encode(h.key_id),
         header_sha256: hex::encode(h.header_sha256),
-        bytes: bundle::PREFIX_LEN as u64 + h.payload_len(),
+        bytes: (bundle::PREFIX_LEN + h.header_len) as u64 + h.payload_len(),
         seconds: (t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
     })
 }

@@ -165,6 +165,7 @@ fn openssh_update_apply_refuses_tampered_then_writes_slot_b() {
         "{v}"
     );
     assert!(v["seconds"].as_f64().is_some(), "{v}");
+    assert_eq!(v["bytes"], good.len() as u64, "{v}");
     assert!(
         stderr.contains("update: ") && stderr.contains("verified over the disk"),
         "progress on stderr: {stderr}"
