@@ -31,7 +31,7 @@ boot() {  # boot <console log>
 }
 wait_for() {  # wait_for <pattern> <seconds>
   for ((i = 0; i < $2; i++)); do
-    tr -d '\r' <"$LOG" 2>/dev/null | grep -aq -- "$1" && return 0
+    tr -d '\r' 2>/dev/null <"$LOG" | grep -aq -- "$1" && return 0
     kill -0 $QPID 2>/dev/null || return 1; sleep 1
   done; return 1
 }
