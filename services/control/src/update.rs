@@ -68,6 +68,14 @@ pub fn start(
         let t0 = Instant::now();
         let trace_id = gwos_core::event::new_trace_id();
         let mut notes = Map::new();
+        if let Some(k) = ctl
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .find(&caller.fingerprint)
+        {
+            notes.insert("key_comment".into(), json!(k.comment));
+        }
         let outcome = match authorize(&ctl, &caller) {
             Ok(comment) => {
                 notes.insert("key_comment".into(), json!(comment));
@@ -91,6 +99,9 @@ pub fn start(
             }
             Err((kind, e)) => (kind, json!({"ok": false, "trace_id": trace_id, "error": e})),
         };
+        // Every control.call record has the same fields (docs/control.md).
+        notes.entry("key_comment").or_insert_with(|| json!(""));
+        notes.entry("arguments").or_insert(Value::Null);
         notes.insert("trace_id".into(), json!(trace_id));
         notes.insert("key_fingerprint".into(), json!(caller.fingerprint));
         notes.insert("source_ip".into(), json!(caller.source.to_string()));

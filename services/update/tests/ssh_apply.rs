@@ -222,4 +222,16 @@ fn openssh_update_apply_without_scope_is_refused_before_streaming() {
         !gw.fx.path("state-update/last.json").exists(),
         "the update service was reached"
     );
+    let audit = std::fs::read_to_string(gw.fx.path("state-control/audit.log")).unwrap();
+    let rec: Value = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|r| r["command"] == "update_apply")
+        .unwrap_or_else(|| panic!("no update_apply record in {audit}"));
+    assert_eq!(
+        (rec["result"].as_str(), rec["key_comment"].as_str()),
+        (Some("denied"), Some("reader")),
+        "{rec}"
+    );
+    assert!(rec.get("arguments").is_some(), "{rec}");
 }
