@@ -45,8 +45,12 @@ gwosd: deps $(MNL_STATIC)
 gwos:
 	cargo build --release --locked -p gwos-image
 
+# The development image: no [keys] release_private, so development keys sign
+# it (F15: a release-named version needs --allow-dev-keys; empty it for a
+# release build with a real key).
+DEV_KEYS ?= --allow-dev-keys
 image: deps kernel gwosd gwos
-	$(GWOS) build --config $(IMAGE_CONFIG) --kernel $(KERNEL) --gwosd $(GWOSD) --out $(OUT)
+	$(GWOS) build --config $(IMAGE_CONFIG) --kernel $(KERNEL) --gwosd $(GWOSD) --out $(OUT) $(DEV_KEYS)
 
 # Builds the dev image and boots it in QEMU for a person (`gwos run`; RUN_ARGS adds options).
 run: image

@@ -1,8 +1,16 @@
 //! Which keys a build signs with and builds in. With `[keys] release_private`
-//! set, that key signs; otherwise DEVELOPMENT keys are made (once) in
-//! `<out>/keys/`: `dev-release.key` (+ `.pub`) and an OpenSSH ed25519 backend
-//! control key `dev-control` (+ `.pub`, scope admin). Private keys stay on the
-//! host: only public halves go into the image.
+//! set, that key signs; otherwise the keys directory (`gwos build --keys
+//! DIR`, default `<out>/keys/`) is used: its `release.key` if there is one
+//! (a release key), else DEVELOPMENT keys, made there once if missing:
+//! `dev-release.key` (+ `.pub`) and an OpenSSH ed25519 backend control key
+//! `dev-control` (+ `.pub`, scope admin). A second build with the same
+//! `--keys` therefore signs with the same key (an update for the first).
+//! Private keys stay on the host: only public halves go into the image.
+//!
+//! Security review F15: a release-named image (a `version_id` without
+//! "dev" in it) is not signed with development keys unless the build says
+//! `--allow-dev-keys` ([`check_dev_keys`]); the manifest of a dev-key image
+//! says `development: true`.
 
 use std::path::{Path, PathBuf};
 
@@ -35,7 +43,29 @@ impl KeySet {
     }
 }
 
-pub fn load(cfg: &Config, out: &Path) -> Result<KeySet> {
+/// The release key a keys directory may hold (not a development key).
+pub const RELEASE_KEY_FILE: &str = "release.key";
+
+/// Whether a build with this config and keys directory signs with
+/// development keys (decided before any key is generated).
+pub fn uses_dev_keys(cfg: &Config, dir: &Path) -> bool {
+    cfg.keys.release_private.is_empty() && !dir.join(RELEASE_KEY_FILE).exists()
+}
+
+/// F15: development keys only for a development-named version or with the
+/// explicit `--allow-dev-keys`.
+pub fn check_dev_keys(version_id: &str, dev: bool, allow: bool) -> Result<()> {
+    if dev && !allow && !version_id.to_ascii_lowercase().contains("dev") {
+        anyhow::bail!(
+            "refusing to sign release {version_id} with DEVELOPMENT keys (no [keys] release_private and no {RELEASE_KEY_FILE} in the keys directory): \
+             its image would trust the dev release key and a dev admin control key; \
+             set [keys] release_private, put {RELEASE_KEY_FILE} in --keys DIR, or pass --allow-dev-keys for a test build"
+        );
+    }
+    Ok(())
+}
+
+pub fn load(cfg: &Config, dir: &Path) -> Result<KeySet> {
     let mut extra = Vec::new();
     for p in &cfg.keys.release_public {
         let path = cfg.resolve(p);
@@ -44,11 +74,8 @@ pub fn load(cfg: &Config, out: &Path) -> Result<KeySet> {
                 .with_context(|| format!("[keys] release_public {}", path.display()))?,
         );
     }
-    let (signer, dev_control, dev) = if cfg.keys.release_private.is_empty() {
-        let dir = out.join("keys");
-        let (k, c) = dev_keys(&dir)?;
-        (k, Some(c), true)
-    } else {
+    let release_in_dir = dir.join(RELEASE_KEY_FILE);
+    let (signer, dev_control, dev) = if !cfg.keys.release_private.is_empty() {
         let path = cfg.resolve(&cfg.keys.release_private);
         let k = ReleaseKey::load(&path).with_context(|| {
             format!(
@@ -57,6 +84,13 @@ pub fn load(cfg: &Config, out: &Path) -> Result<KeySet> {
             )
         })?;
         (k, None, false)
+    } else if release_in_dir.exists() {
+        let k = ReleaseKey::load(&release_in_dir)
+            .with_context(|| format!("release key {}", release_in_dir.display()))?;
+        (k, None, false)
+    } else {
+        let (k, c) = dev_keys(dir)?;
+        (k, Some(c), true)
     };
     let mut publics = vec![signer.public()];
     for k in extra {

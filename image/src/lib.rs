@@ -9,12 +9,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bmap;
 pub mod build;
+pub mod bundle;
 pub mod config;
 pub mod cpio;
 pub mod erofs;
 pub mod esp;
 pub mod gpt;
+pub mod inspect;
 pub mod keys;
 pub mod report;
 pub mod rootfs;

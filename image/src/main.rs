@@ -40,13 +40,42 @@ enum Cmd {
         /// Skip writing gwos.qcow2.
         #[arg(long)]
         no_qcow2: bool,
+        /// Keys directory: its release.key signs; without one, development keys
+        /// are made there once (default: <out>/keys).
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// Release number (overrides [image] version).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Human version, names the UKI and bundle (overrides [image] version_id).
+        #[arg(long)]
+        version_id: Option<String>,
+        /// Lowest release accepted after this one (overrides [image] security_floor).
+        #[arg(long)]
+        security_floor: Option<u64>,
+        /// Sign a release-named image (version_id without "dev") with development keys.
+        #[arg(long)]
+        allow_dev_keys: bool,
     },
     /// Check an image: manifest signature, every verity hash of root-a, UKI hash.
     Verify {
         image: PathBuf,
-        /// Release public key file(s) (hex); default: <image dir>/keys/dev-release.pub.
+        /// Release public key file(s) (hex).
         #[arg(long)]
         key: Vec<PathBuf>,
+        /// Check against the DEVELOPMENT key <image dir>/keys/dev-release.pub.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Show what an update bundle or a disk image holds; checks signatures and part hashes.
+    Inspect {
+        file: PathBuf,
+        /// Release public key file(s) (hex).
+        #[arg(long)]
+        key: Vec<PathBuf>,
+        /// Check against the DEVELOPMENT key <file's dir>/keys/dev-release.pub.
+        #[arg(long)]
+        dev: bool,
     },
     /// List the files in a slot's root file system.
     Ls {
@@ -90,6 +119,11 @@ fn run() -> Result<()> {
             out,
             workspace,
             no_qcow2,
+            keys,
+            version,
+            version_id,
+            security_floor,
+            allow_dev_keys,
         } => {
             let b = gwos_image::build::build(&gwos_image::build::Args {
                 config,
@@ -98,16 +132,29 @@ fn run() -> Result<()> {
                 out,
                 workspace,
                 qcow2: !no_qcow2,
+                keys_dir: keys,
+                version,
+                version_id,
+                security_floor,
+                allow_dev_keys,
             })?;
             println!("image      {}", b.image.display());
             println!("sha256     {}", b.image_sha256);
             println!("root hash  {}", b.root_hash);
             println!("build id   {}", b.build_id);
+            println!("bundle     {}", b.bundle.display());
+            if b.development {
+                println!("DEVELOPMENT keys: this image trusts the dev release key and a dev admin control key");
+            }
         }
-        Cmd::Verify { image, key } => {
-            let keys = gwos_image::verify::keys_for(&image, &key)?;
+        Cmd::Verify { image, key, dev } => {
+            let keys = gwos_image::verify::keys_for(&image, &key, dev)?;
             let m = gwos_image::verify::verify(&image, &keys)?;
-            println!("OK: {} verified (version {} / {}, build {}, root hash {}, {} data blocks, UKI sha256 {})", image.display(), m.version_id, m.version, m.build_id, m.root_hash, m.data_blocks, m.uki_sha256);
+            println!("OK: {} verified (version {} / {}, build {}, root hash {}, {} data blocks, UKI sha256 {}){}", image.display(), m.version_id, m.version, m.build_id, m.root_hash, m.data_blocks, m.uki_sha256, if m.development { " DEVELOPMENT image (development keys)" } else { "" });
+        }
+        Cmd::Inspect { file, key, dev } => {
+            let keys = gwos_image::verify::keys_for(&file, &key, dev)?;
+            print!("{}", gwos_image::inspect::inspect(&file, &keys)?);
         }
         Cmd::Ls { image, slot } => {
             for (path, kind, mode, size) in gwos_image::verify::ls(&image, &slot)? {

@@ -26,26 +26,41 @@ fn part_reader(f: &File, p: &gpt::Partition, len: u64) -> Result<Take<File>> {
     Ok(g.take(len))
 }
 
-/// Release keys to check against: `--key` files, else `<image dir>/keys/dev-release.pub`.
-pub fn keys_for(image: &Path, given: &[PathBuf]) -> Result<Vec<PublicKey>> {
+/// Release keys to check against: the `--key` files; with `--dev` (and no
+/// `--key`) the DEVELOPMENT key `<dir of the file>/keys/dev-release.pub`.
+/// There is no silent default (security review F15): without either, this
+/// fails and says which flag to pass.
+pub fn keys_for(image: &Path, given: &[PathBuf], dev: bool) -> Result<Vec<PublicKey>> {
     if !given.is_empty() {
         return given
             .iter()
             .map(|p| PublicKey::load(p).map_err(Into::into))
             .collect();
     }
-    let dev = image
+    let dev_key = image
         .parent()
         .unwrap_or(Path::new("."))
         .join("keys/dev-release.pub");
-    if dev.is_file() {
+    if dev {
         eprintln!(
-            "note: no --key given; checking against the DEVELOPMENT key {}",
-            dev.display()
+            "note: checking against the DEVELOPMENT key {} (--dev)",
+            dev_key.display()
         );
-        return Ok(vec![PublicKey::load(&dev)?]);
+        return Ok(vec![PublicKey::load(&dev_key).with_context(|| {
+            format!("--dev: development key {}", dev_key.display())
+        })?]);
     }
-    bail!("no release public key: pass --key <file.pub> (hex ed25519 public key)")
+    bail!(
+        "no release public key given: pass --key <release.pub>{}",
+        if dev_key.is_file() {
+            format!(
+                ", or --dev to check against the DEVELOPMENT key {}",
+                dev_key.display()
+            )
+        } else {
+            String::new()
+        }
+    )
 }
 
 pub fn verify(image: &Path, keys: &[PublicKey]) -> Result<Manifest> {

@@ -54,6 +54,8 @@ impl Fixture {
             .arg(self.p("gwosd"))
             .arg("--out")
             .arg(self.p(out))
+            // 9.9.9 is release-named: development keys need the flag (F15).
+            .arg("--allow-dev-keys")
             .args(extra)
             .output()
             .unwrap();
@@ -72,7 +74,12 @@ fn ok(o: &Output) -> String {
 }
 
 fn verify(img: &Path) -> Output {
-    Command::new(GWOS).arg("verify").arg(img).output().unwrap()
+    Command::new(GWOS)
+        .arg("verify")
+        .arg(img)
+        .arg("--dev")
+        .output()
+        .unwrap()
 }
 
 fn fail_text(o: &Output) -> String {
@@ -158,11 +165,15 @@ fn build_verify_reproduce_and_detect_corruption() {
         "slot-a/cmdline",
         "slot-a/bzImage",
         "slot-a/uki.efi",
+        "slot-b/uki.efi",
+        "gwos.img.bmap",
+        "gwos-9.9.9.update",
     ] {
         assert!(fx.p("out1").join(f).exists(), "{f} missing");
     }
     let v = ok(&verify(&img));
-    assert!(v.contains("OK:"), "{v}");
+    assert!(v.contains("OK:") && v.contains("DEVELOPMENT image"), "{v}");
+    check_bundle_and_bmap(&fx);
 
     // sgdisk is happy with the table.
     let s = Command::new("sgdisk").arg("-v").arg(&img).output().unwrap();
@@ -264,6 +275,11 @@ fn build_verify_reproduce_and_detect_corruption() {
     let a = std::fs::read(&img).unwrap();
     let b = std::fs::read(fx.p("out2/gwos.img")).unwrap();
     assert!(a == b, "two builds differ");
+    let same = |f: &str| {
+        std::fs::read(fx.p("out1").join(f)).unwrap() == std::fs::read(fx.p("out2").join(f)).unwrap()
+    };
+    assert!(same("gwos-9.9.9.update"), "two builds' bundles differ");
+    assert!(same("gwos.img.bmap"), "two builds' bmaps differ");
 
     // Wrong key: refused, naming the unknown key id.
     let other = fx.p("other.key");
@@ -356,4 +372,96 @@ fn configured_release_key_and_clear_errors() {
     std::fs::write(fx.p("image.toml"), "[partitions]\nroot_mb = 3\n").unwrap();
     let e = fail_text(&fx.build("out5", &[]));
     assert!(e.contains("root_mb"), "{e}");
+}
+
+/// The bundle holds the slot's parts (inspect checks signature and hashes),
+/// a second build with the same --keys and new versions makes an update
+/// signed by the same key, and bmaptool accepts the block map.
+fn check_bundle_and_bmap(fx: &Fixture) {
+    let bundle = fx.p("out1/gwos-9.9.9.update");
+    let run = |args: &[&std::ffi::OsStr]| Command::new(GWOS).args(args).output().unwrap();
+    let text = ok(&run(&[
+        "inspect".as_ref(),
+        bundle.as_os_str(),
+        "--dev".as_ref(),
+    ]));
+    for want in [
+        "signature OK",
+        "version    9.9.9 (7)",
+        "part root",
+        "part verity",
+        "part uki-a",
+        "part uki-b",
+        "DEVELOPMENT",
+        "gwos-ab1:esp=41943040,root=8388608,verity=1048576",
+    ] {
+        assert!(text.contains(want), "{want} not in\n{text}");
+    }
+    let img_text = ok(&run(&[
+        "inspect".as_ref(),
+        fx.p("out1/gwos.img").as_os_str(),
+        "--dev".as_ref(),
+    ]));
+    assert!(
+        img_text.contains("slot a: version 9.9.9 (7)") && img_text.contains("slot b: empty"),
+        "{img_text}"
+    );
+    // One flipped payload byte: inspect names the part.
+    let bad = fx.p("out1/bad.update");
+    std::fs::copy(&bundle, &bad).unwrap();
+    let len = std::fs::metadata(&bad).unwrap().len();
+    flip(&bad, len - 10);
+    let e = fail_text(&run(&[
+        "inspect".as_ref(),
+        bad.as_os_str(),
+        "--dev".as_ref(),
+    ]));
+    assert!(e.contains("uki-b") && e.contains("sha256 mismatch"), "{e}");
+    // Without --key or --dev: no silent development key.
+    let e = fail_text(&run(&["inspect".as_ref(), bundle.as_os_str()]));
+    assert!(e.contains("--dev"), "{e}");
+
+    // v2 with the same keys directory: signed by the same key, versions overridden.
+    let o = fx.build(
+        "v2",
+        &[
+            "--no-qcow2",
+            "--keys",
+            fx.p("out1/keys").to_str().unwrap(),
+            "--version",
+            "8",
+            "--version-id",
+            "9.9.10",
+            "--security-floor",
+            "8",
+        ],
+    );
+    ok(&o);
+    assert!(!fx.p("v2/keys").exists(), "--keys must not make <out>/keys");
+    let text = ok(&run(&[
+        "inspect".as_ref(),
+        fx.p("v2/gwos-9.9.10.update").as_os_str(),
+        "--key".as_ref(),
+        fx.p("out1/keys/dev-release.pub").as_os_str(),
+    ]));
+    assert!(
+        text.contains("version    9.9.10 (8)") && text.contains("floor      8"),
+        "{text}"
+    );
+
+    // bmaptool (bmap-tools) copies the mapped blocks and checks their sha256.
+    let target = fx.p("flashed.img");
+    let o = Command::new("bmaptool")
+        .arg("copy")
+        .arg("--bmap")
+        .arg(fx.p("out1/gwos.img.bmap"))
+        .arg(fx.p("out1/gwos.img"))
+        .arg(&target)
+        .output()
+        .expect("bmaptool (bmap-tools)");
+    ok(&o);
+    assert!(
+        std::fs::read(&target).unwrap() == std::fs::read(fx.p("out1/gwos.img")).unwrap(),
+        "bmaptool copy differs from the image"
+    );
 }

@@ -163,6 +163,12 @@ pub const EXTRA: &[(&str, &[i64])] = &[
     // control: russh keeps key material in CryptoVec buffers it mlock()s
     // (seen in the ssh_channel trace); RLIMIT_MEMLOCK bounds it.
     ("control", &[libc::SYS_mlock, libc::SYS_munlock]),
+    // update: drop the page cache of a written partition before reading it
+    // back (fadvise DONTNEED), and check the spool's free space (statvfs).
+    (
+        "update",
+        &[libc::SYS_fadvise64, libc::SYS_statfs, libc::SYS_fstatfs],
+    ),
 ];
 
 /// One allowed shape of `socket(domain, type, protocol)`.
@@ -489,6 +495,7 @@ mod tests {
         "vpn",
         "tls-front",
         "control",
+        "update",
         "selftest",
         "selftest-crash",
     ];

@@ -20,6 +20,7 @@ pub const SERVICES: &[(&str, RunFn)] = &[
     ("vpn", gwos_vpn::run),
     ("tls-front", gwos_tls_front::run),
     ("control", gwos_control::run),
+    ("update", gwos_update::run),
     ("selftest", selftest),
     ("selftest-crash", selftest_crash),
 ];

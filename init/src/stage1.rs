@@ -550,6 +550,7 @@ mod tests {
             version_id: format!("0.{version}.0"),
             security_floor: floor,
             slot: Some("a".into()),
+            development: false,
             build_id: "00".repeat(16),
             hash_algorithm: "sha256".into(),
             data_block_size: 4096,

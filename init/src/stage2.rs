@@ -65,6 +65,7 @@ pub fn main(t0_ms: u64) -> ! {
     // After /run/gwos exists (state::mount_var) and before any service runs,
     // so no service can bind init.sock first.
     crate::initsock::spawn(std::path::Path::new(gwos_core::context::RUN_DIR));
+    update_devices(&table);
     let buttons = shutdown::watch_power_button();
     console::say(&format!(
         "watching {buttons} input devices for the power button"
@@ -200,6 +201,41 @@ fn state_keys(table: &table::Table) {
         Err(e) => console::say(&format!(
             "WARNING: state sealing keys could not be made: {e:#}; control will refuse its runtime keys and overrides (site keys still work)"
         )),
+    }
+}
+
+/// The update service writes the inactive slot and the ESP: give its group
+/// exactly those three partitions (root-<other>, verity-<other>, esp), 0660.
+/// The active slot and the state partition stay root's.
+fn update_devices(table: &table::Table) {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(update) = table.service.iter().find(|s| s.name == "update") else {
+        return;
+    };
+    let other = match cmdline::get("gwos.slot").as_deref() {
+        Some("a") => "b",
+        Some("b") => "a",
+        _ => return,
+    };
+    let labels = [
+        format!("root-{other}"),
+        format!("verity-{other}"),
+        "esp".into(),
+    ];
+    for (label, part) in gpt_find::scan() {
+        if !labels.contains(&label) {
+            continue;
+        }
+        let dev = part.dev_path();
+        let r = std::os::unix::fs::chown(&dev, Some(0), Some(update.gid))
+            .and_then(|_| std::fs::set_permissions(&dev, std::fs::Permissions::from_mode(0o660)));
+        match r {
+            Ok(()) => console::say(&format!(
+                "{dev} ({label}): root:{} 0660 for the update service",
+                update.gid
+            )),
+            Err(e) => console::say(&format!("{dev} ({label}): {e} (updates cannot be written)")),
+        }
     }
 }
 

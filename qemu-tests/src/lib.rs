@@ -140,6 +140,8 @@ pub fn build_test_image(name: &str, network_extra: &str) -> anyhow::Result<PathB
         .arg("--workspace")
         .arg(&ws)
         .arg("--no-qcow2")
+        // The test images are development images named 0.1.0 (F15).
+        .arg("--allow-dev-keys")
         .output()?;
     anyhow::ensure!(
         o.status.success(),

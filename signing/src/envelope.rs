@@ -29,9 +29,15 @@ pub struct SignedManifest {
 }
 
 fn signed_message(manifest: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(DOMAIN.len() + manifest.len());
-    m.extend_from_slice(DOMAIN);
-    m.extend_from_slice(manifest);
+    domain_message(DOMAIN, manifest)
+}
+
+/// `domain ‖ bytes`: what a signature of this crate covers, so a signature
+/// made for one format (manifest, bundle header) never verifies as another.
+pub(crate) fn domain_message(domain: &[u8], bytes: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(domain.len() + bytes.len());
+    m.extend_from_slice(domain);
+    m.extend_from_slice(bytes);
     m
 }
 

@@ -16,11 +16,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod envelope;
 pub mod error;
 pub mod keys;
 pub mod manifest;
 
+pub use bundle::{BundleError, Slot};
 pub use envelope::{open, seal, SignedManifest, ENVELOPE_HEADER_LEN, MAGIC, MAX_MANIFEST_LEN};
 pub use error::Error;
 pub use keys::{key_id, load_dir, KeyId, PublicKey, ReleaseKey};

@@ -46,6 +46,16 @@ pub struct Manifest {
     pub uki_sha256: String,
     /// Root filesystem type, "erofs".
     pub fs_type: String,
+    /// True when the image was signed with DEVELOPMENT keys (`gwos build`
+    /// without `[keys] release_private`): such an image also trusts a dev
+    /// admin control key. Omitted from the JSON when false, so manifests
+    /// from before this field keep their canonical bytes.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub development: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Manifest {
@@ -173,6 +183,7 @@ pub(crate) fn sample() -> Manifest {
         verity_uuid: "00000000-0000-0000-0000-000000000000".into(),
         uki_sha256: "cc".repeat(32),
         fs_type: "erofs".into(),
+        development: false,
     }
 }
 
@@ -197,6 +208,30 @@ mod tests {
         assert!(matches!(
             Manifest::from_canonical_bytes(&serde_json::to_vec(&v).unwrap()),
             Err(Error::Json(m)) if m.contains("unknown field `extra`")
+        ));
+    }
+
+    /// A manifest without `development` (every image before F15) keeps its
+    /// exact signed bytes; a development manifest carries the flag.
+    #[test]
+    fn development_flag_is_additive() {
+        let m = sample();
+        let b = m.to_canonical_bytes();
+        assert!(!String::from_utf8_lossy(&b).contains("development"));
+        assert_eq!(Manifest::from_canonical_bytes(&b).unwrap(), m);
+        let dev = Manifest {
+            development: true,
+            ..sample()
+        };
+        let b = dev.to_canonical_bytes();
+        assert!(String::from_utf8_lossy(&b).ends_with(r#","development":true}"#));
+        assert!(Manifest::from_canonical_bytes(&b).unwrap().development);
+        // `"development":false` spelled out is not the canonical form.
+        let spelled = String::from_utf8(m.to_canonical_bytes()).unwrap();
+        let spelled = spelled.trim_end_matches('}').to_string() + r#","development":false}"#;
+        assert!(matches!(
+            Manifest::from_canonical_bytes(spelled.as_bytes()),
+            Err(Error::NotCanonical)
         ));
     }
 

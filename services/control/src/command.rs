@@ -240,17 +240,18 @@ commands! {
         name: "terminate_session", scope: Some("sessions:write"), risk: Normal, effect: Change, params: Empty,
         handler: handlers::not_available, summary: "not available in this release",
     }
+    /// Streamed: its stdin is the bundle (crate::update), never this handler's JSON.
     UpdateApply {
         name: "update_apply", scope: Some("update:write"), risk: High, effect: Change, params: Empty,
-        handler: handlers::not_available, summary: "not available in this release",
+        handler: handlers::update_apply_not_streamed, summary: "stream a signed update bundle on stdin into the inactive slot",
     }
     UpdateStatus {
         name: "update_status", scope: Some("update:write"), risk: Normal, effect: Read, params: Empty,
-        handler: handlers::not_available, summary: "not available in this release",
+        handler: handlers::update_status, summary: "both slots (version, root hash, state), the floor, the last update",
     }
     UpdateRollback {
         name: "update_rollback", scope: Some("update:write"), risk: High, effect: Change, params: Empty,
-        handler: handlers::not_available, summary: "not available in this release",
+        handler: handlers::update_rollback, summary: "make the other good slot the next boot",
     }
 }
 

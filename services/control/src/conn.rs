@@ -38,6 +38,8 @@ struct Chan {
     env: Vec<String>,
     /// Answered, refused or closed: ignore further requests.
     done: bool,
+    /// `update_apply`: stdin streams to the update service (crate::update).
+    upload: Option<crate::update::Upload>,
 }
 
 pub(crate) struct Conn {
@@ -481,6 +483,15 @@ impl russh::server::Handler for Conn {
         let ok = match self.channels.get_mut(&channel) {
             Some(c) if !c.done && c.command.is_none() => {
                 let cmd = String::from_utf8_lossy(&data[..data.len().min(256)]).into_owned();
+                if let (true, Some(caller)) = (crate::update::is_streamed(&cmd), &self.caller) {
+                    c.upload = Some(crate::update::start(
+                        self.ctl.clone(),
+                        caller.clone(),
+                        channel,
+                        session.handle(),
+                    ));
+                    c.done = true;
+                }
                 c.command = Some(cmd);
                 true
             }
@@ -500,6 +511,15 @@ impl russh::server::Handler for Conn {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if let Some(u) = self
+            .channels
+            .get_mut(&channel)
+            .and_then(|c| c.upload.as_mut())
+        {
+            // Streamed, not buffered: exempt from max_request_bytes (capped by the slot sizes).
+            u.send(data).await;
+            return Ok(());
+        }
         let max = self.ctl.site.max_request_bytes;
         let max_buffered = max * MAX_BUFFERED_REQUESTS;
         let buffered = self.buffered;
@@ -531,6 +551,14 @@ impl russh::server::Handler for Conn {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if let Some(u) = self
+            .channels
+            .get_mut(&channel)
+            .and_then(|c| c.upload.as_mut())
+        {
+            u.finish();
+            return Ok(());
+        }
         self.answer(channel, session);
         Ok(())
     }

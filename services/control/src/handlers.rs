@@ -217,6 +217,24 @@ pub(crate) fn reboot(ctl: &Control, _: Empty, cx: &Ctx<'_>) -> Out {
     ctl.forward("init", cx.command.name(), json!({}), cx.trace_id)
 }
 
+pub(crate) fn update_status(ctl: &Control, _: Empty, cx: &Ctx<'_>) -> Out {
+    ctl.forward("update", "status", json!({}), cx.trace_id)
+}
+
+pub(crate) fn update_rollback(ctl: &Control, _: Empty, cx: &Ctx<'_>) -> Out {
+    ctl.forward("update", "rollback", json!({}), cx.trace_id)
+}
+
+/// `update_apply` reaches the table only when it was not streamed (the
+/// connection handler streams it as soon as the `exec` names it).
+pub(crate) fn update_apply_not_streamed(_ctl: &Control, _: Empty, cx: &Ctx<'_>) -> Out {
+    Err(format!(
+        "{} streams the bundle on stdin: `ssh gwctl@gateway update_apply < bundle.update`",
+        cx.command
+    )
+    .into())
+}
+
 /// Commands reserved in the table whose service does not exist yet.
 pub(crate) fn not_available(_ctl: &Control, _: Empty, cx: &Ctx<'_>) -> Out {
     Err(format!("{} is not available in this release", cx.command).into())

@@ -16,6 +16,7 @@ pub mod sealed;
 pub mod site;
 pub mod state;
 pub mod state_template;
+pub mod verity;
 
 pub use context::ServiceContext;
 pub use event::{emit, Event};
