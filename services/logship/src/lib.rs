@@ -1,0 +1,15 @@
+//! logship: every gateway event, durably, to the SIEM.
+//!
+//! Where it sits: each service writes its events as JSON lines to its stdout,
+//! a pipe PID 1 gives it (`init/src/events.rs`). PID 1 forwards each line,
+//! tagged with the service's name, to `/run/gwos/logship-ingest.sock`. logship
+//! appends it to the [`spool`] on `/var` (group commit, fdatasync) and the
+//! [`shipper`] sends it as RFC 5424 over TLS 1.3 (RFC 5425 octet counting) to
+//! the SIEM.
+#![forbid(unsafe_code)]
+
+pub mod record;
+pub mod spool;
+
+#[cfg(test)]
+mod spool_tests;
