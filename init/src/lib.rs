@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod cmdline;
 pub mod console;
 pub mod dm;
+pub mod events;
 pub mod gpt_find;
 pub mod mounts;
 pub mod net;

@@ -19,6 +19,7 @@ pub const SERVICES: &[(&str, RunFn)] = &[
     ("vpn", gwos_vpn::run),
     ("tls-front", gwos_tls_front::run),
     ("control", gwos_control::run),
+    ("logship", gwos_logship::run),
     ("selftest", selftest),
     ("selftest-crash", selftest_crash),
 ];

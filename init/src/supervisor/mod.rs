@@ -47,6 +47,8 @@ pub struct Supervisor {
     pub units: Vec<Unit>,
     exe: String,
     pub stopping: bool,
+    /// Services' stdout/stderr pipes, drained by PID 1 (F2; init/src/events.rs).
+    events: crate::events::Events,
 }
 
 /// Records a failure; true when the service has failed FLAP_COUNT times within FLAP_WINDOW.
@@ -83,6 +85,7 @@ impl Supervisor {
             units,
             exe: exe.into(),
             stopping: false,
+            events: Default::default(),
         })
     }
 
@@ -140,11 +143,14 @@ impl Supervisor {
                 writable: s.writable.clone(),
                 nofile: s.nofile,
             };
+            let (stdout, stderr) = self.events.pipes(&s.name)?;
             let child = Command::new(&self.exe)
                 .args(["run", &s.name])
                 .env_clear()
                 .env("PATH", "/usr/bin:/sbin")
                 .env(sandbox::ENV, serde_json::to_string(&spec)?)
+                .stdout(stdout)
+                .stderr(stderr)
                 .spawn()?;
             Ok(child.id())
         })();

@@ -151,6 +151,7 @@ pub const SERVICE_UIDS: &[(&str, u32)] = &[
     ("vpn", 802),
     ("tls-front", 803),
     ("control", CONTROL_UID),
+    ("logship", 805),
 ];
 
 /// `/run/gwos` is writable by every service, so a compromised service could

@@ -6,10 +6,19 @@
 //! appends it to the [`spool`] on `/var` (group commit, fdatasync) and the
 //! [`shipper`] sends it as RFC 5424 over TLS 1.3 (RFC 5425 octet counting) to
 //! the SIEM.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+pub mod ingest;
 pub mod record;
+pub mod service;
+pub mod shipper;
 pub mod spool;
+#[allow(unsafe_code)]
+mod sys;
+pub mod syslog;
+pub mod tls;
+
+pub use service::{run, LogshipConfig};
 
 #[cfg(test)]
 mod spool_tests;

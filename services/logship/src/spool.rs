@@ -478,7 +478,7 @@ impl Reader {
         Ok(())
     }
 
-    /// Positions the reader at a position a previous [`Reader::next`] returned.
+    /// Positions the reader at a position a previous [`Reader::next_record`] returned.
     pub fn seek_pos(&mut self, pos: Pos) -> Result<()> {
         let seg = self
             .shared
@@ -498,7 +498,7 @@ impl Reader {
     }
 
     /// The next committed record, or None when the reader has caught up.
-    pub fn next(&mut self) -> Result<Option<(Pos, Record)>> {
+    pub fn next_record(&mut self) -> Result<Option<(Pos, Record)>> {
         let mut retried = false;
         loop {
             let (committed, oldest) = {

@@ -28,7 +28,7 @@ fn read_all(shared: &std::sync::Arc<spool::Shared>, from: u64) -> Vec<crate::rec
     let mut r = Reader::new(shared.clone());
     r.seek(from).unwrap();
     let mut v = Vec::new();
-    while let Some((_, rec)) = r.next().unwrap() {
+    while let Some((_, rec)) = r.next_record().unwrap() {
         v.push(rec);
     }
     v
@@ -289,20 +289,20 @@ fn reader_returns_to_a_saved_position() {
     r.seek(1).unwrap();
     let mut pos = None;
     for _ in 0..30 {
-        let (p, rec) = r.next().unwrap().unwrap();
+        let (p, rec) = r.next_record().unwrap().unwrap();
         if rec.seq == 17 {
             pos = Some(p);
         }
     }
     r.seek_pos(pos.unwrap()).unwrap();
-    assert_eq!(r.next().unwrap().unwrap().1.seq, 17);
+    assert_eq!(r.next_record().unwrap().unwrap().1.seq, 17);
     let mut f = fs::OpenOptions::new()
         .append(true)
         .open(segs(dir.path()).remove(0))
         .unwrap();
     f.write_all(b"partial batch being written").unwrap();
     let mut n = 17;
-    while let Some((_, rec)) = r.next().unwrap() {
+    while let Some((_, rec)) = r.next_record().unwrap() {
         n += 1;
         assert_eq!(rec.seq, n);
     }
