@@ -320,6 +320,7 @@ impl Control {
                     "services": {"spa": self.peer_health("spa").0, "vpn": self.peer_health("vpn").0, "tls-front": tls},
                     // The pin `gwos connect --pin` needs; null when tls-front does not answer.
                     "tls_spki_sha256": tls_health.and_then(|h| h.get("spki_sha256").cloned()).unwrap_or(Value::Null),
+                    "siem": crate::siem::status(&self.run_dir),
                 }))
             }
             // vpn's RPC names the user `name` and nests the networks in `policy`.
@@ -393,6 +394,7 @@ impl Control {
                 let mut rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
                 let mut next = rt.clone();
                 next.apply(&p);
+                crate::siem::apply(&self.run_dir, &p, trace_id)?;
                 gwos_core::state::write_json(&self.state_dir.join("runtime.json"), &next)
                     .map_err(|e| format!("saving runtime config: {e:#}"))?;
                 *rt = next;
@@ -405,13 +407,15 @@ impl Control {
                     since,
                     until,
                     limit,
+                    filter,
                 },
-            ) => {
-                let records = self.audit.read_window(since, until, limit);
-                Ok(
-                    json!({"since": since, "until": until, "count": records.len(), "records": records}),
-                )
-            }
+            ) => Ok(crate::siem::pull_logs(
+                &self.run_dir,
+                &self.audit,
+                (since, until, limit),
+                &filter,
+                trace_id,
+            )),
             ("reboot", _) => {
                 let path = gwos_core::context::socket_path(&self.run_dir, "init");
                 if !path.exists() {
@@ -446,11 +450,13 @@ impl Control {
             "effective": {
                 "backend": eff.backend.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
                 "siem_endpoint": rt.siem_endpoint,
+                "siem_server_name": rt.siem_server_name,
                 "dns": rt.dns,
                 "idle_timeout_secs": eff.idle_timeout.as_secs(),
                 "auth_timeout_secs": eff.auth_timeout.as_secs(),
                 "rpc_timeout_secs": eff.rpc_timeout.as_secs(),
             },
+            "siem": crate::siem::status(&self.run_dir),
             "site": {
                 "listen": self.site.listen,
                 "backend": self.site.backend,

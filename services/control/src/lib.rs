@@ -19,6 +19,7 @@ pub mod keys;
 pub mod request;
 pub mod scope;
 pub mod server;
+pub mod siem;
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};

@@ -292,6 +292,24 @@ pub struct ConfigSet {
         deserialize_with = "double",
         skip_serializing_if = "Option::is_none"
     )]
+    pub siem_ca_pem: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "double",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub siem_server_name: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "double",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub siem_spki_sha256: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "double",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub backend: Option<Option<Vec<String>>>,
     #[serde(
         default,
@@ -331,6 +349,13 @@ pub struct PullLogs {
     /// Max records (1..=10000, default 1000), newest kept.
     #[serde(default)]
     pub limit: Option<u64>,
+    /// Only events of this service / kind / control call (see `crate::siem`).
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub for_trace_id: Option<String>,
 }
 
 /// Validated parameters of one command.
@@ -348,6 +373,7 @@ pub enum Params {
         since: i64,
         until: i64,
         limit: usize,
+        filter: crate::siem::LogFilter,
     },
 }
 
@@ -478,6 +504,7 @@ pub fn validate_params(
             if let Some(Some(e)) = &p.siem_endpoint {
                 endpoint("siem_endpoint", e)?;
             }
+            crate::siem::validate(&p)?;
             if let Some(Some(b)) = &p.backend {
                 if b.is_empty() || b.len() > 64 {
                     return err("backend", "1..=64 CIDRs (null clears the override)");
@@ -526,10 +553,17 @@ pub fn validate_params(
             if limit == 0 || limit > 10_000 {
                 return err("limit", "must be 1..=10000");
             }
+            let filter = crate::siem::LogFilter {
+                service: p.service,
+                kind: p.kind,
+                for_trace_id: p.for_trace_id,
+            };
+            filter.validate()?;
             Params::PullLogs {
                 since,
                 until,
                 limit: limit as usize,
+                filter,
             }
         }
         _ => {
