@@ -394,12 +394,16 @@ impl Control {
                 let mut rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
                 let mut next = rt.clone();
                 next.apply(&p);
-                crate::siem::apply(&self.run_dir, &p, trace_id)?;
+                let not_applied = crate::siem::apply(&self.run_dir, &p, trace_id)?;
                 gwos_core::state::write_json(&self.state_dir.join("runtime.json"), &next)
                     .map_err(|e| format!("saving runtime config: {e:#}"))?;
                 *rt = next;
                 drop(rt);
-                Ok(self.config_view())
+                let mut view = self.config_view();
+                if let Some(why) = not_applied {
+                    view["siem_not_applied"] = json!(why);
+                }
+                Ok(view)
             }
             (
                 "pull_logs",

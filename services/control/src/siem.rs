@@ -76,12 +76,22 @@ fn call(run_dir: &Path, method: &str, params: Value, trace_id: &str) -> Result<V
     }
 }
 
-/// Hands the SIEM keys of `p` (if any) to logship; an error means nothing
-/// was applied (and control must not save them either).
-pub fn apply(run_dir: &Path, p: &ConfigSet, trace_id: &str) -> Result<(), String> {
-    match siem_params(p) {
-        None => Ok(()),
-        Some(params) => call(run_dir, "siem_config", params, trace_id).map(|_| ()),
+/// Hands the SIEM keys of `p` (if any) to logship. `Err`: logship refused
+/// them (control must not save them either). `Ok(Some(why))`: logship is
+/// not running; control saves them and says so (`siem_not_applied`), and
+/// the operator sends them again once logship is back.
+pub fn apply(run_dir: &Path, p: &ConfigSet, trace_id: &str) -> Result<Option<String>, String> {
+    let Some(params) = siem_params(p) else {
+        return Ok(None);
+    };
+    let path = gwos_core::context::socket_path(run_dir, "logship");
+    match gwos_core::rpc::call(&path, "siem_config", params, Some(trace_id), TIMEOUT) {
+        Ok(r) if r.ok => Ok(None),
+        Ok(r) => Err(format!(
+            "logship refused the SIEM settings: {}",
+            r.error.unwrap_or_else(|| "no message".into())
+        )),
+        Err(e) => Ok(Some(format!("service unavailable: logship ({e:#})"))),
     }
 }
 
