@@ -43,6 +43,8 @@ pub struct LogshipConfig {
     pub reconnect_max_secs: u64,
     /// HOSTNAME in the messages (default: the kernel's hostname).
     pub hostname: Option<String>,
+    /// Refuse TLS 1.2 (see `crate::tls`).
+    pub tls13_only: bool,
 }
 
 impl Default for LogshipConfig {
@@ -60,6 +62,7 @@ impl Default for LogshipConfig {
             heartbeat_secs: 30,
             reconnect_max_secs: 30,
             hostname: None,
+            tls13_only: false,
         }
     }
 }
@@ -83,7 +86,7 @@ impl LogshipConfig {
             self.siem_client_cert_file.is_some() == self.siem_client_key_file.is_some(),
             "[logship] siem_client_cert_file and siem_client_key_file go together"
         );
-        match tls::target(&self.site_settings(), None) {
+        match tls::target(&self.site_settings(), None, self.tls13_only) {
             Err(TargetError::Invalid(e)) => anyhow::bail!("[logship] {e}"),
             _ => Ok(()),
         }
@@ -165,6 +168,7 @@ pub struct Rpc {
     shared: Arc<Shared>,
     max_bytes: u64,
     boot_id: String,
+    tls13_only: bool,
 }
 
 impl Rpc {
@@ -246,7 +250,7 @@ impl Rpc {
         apply(&mut next.siem_server_name, set.siem_server_name);
         apply(&mut next.siem_spki_sha256, set.siem_spki_sha256);
         let eff = merge(&self.site, &next);
-        let target = match tls::target(&eff, self.client.as_ref()) {
+        let target = match tls::target(&eff, self.client.as_ref(), self.tls13_only) {
             Err(TargetError::Invalid(e)) => return Err(e),
             Err(e @ TargetError::Unverified(_)) => Err(e.to_string()),
             Ok(t) => Ok(t),
@@ -348,7 +352,8 @@ pub fn run(ctx: ServiceContext) -> Result<()> {
     let runtime_path = ctx.state_dir.join("siem.json");
     let runtime = load_runtime(&runtime_path);
     let site = cfg.site_settings();
-    let target = tls::target(&merge(&site, &runtime), client.as_ref()).map_err(|e| e.to_string());
+    let target = tls::target(&merge(&site, &runtime), client.as_ref(), cfg.tls13_only)
+        .map_err(|e| e.to_string());
     let ctl = Control::new(target);
     let opts = shipper::Options {
         hostname: cfg.hostname.clone().unwrap_or_else(hostname),
@@ -385,6 +390,7 @@ pub fn run(ctx: ServiceContext) -> Result<()> {
         shared: shared.clone(),
         max_bytes: cfg.spool_max_bytes,
         boot_id: spool::boot_id_text(&boot_id),
+        tls13_only: cfg.tls13_only,
     });
     let sock_path = ctx.socket_path("logship");
     let allowed = vec![0, cfg.control_uid];

@@ -1,8 +1,14 @@
 //! The SIEM's address and how its certificate is checked: against a CA and
 //! a name (`siem_ca_pem` + `siem_server_name`, default the endpoint's host),
 //! or against an SPKI pin (`siem_spki_sha256`; then CA and name are not
-//! consulted). TLS 1.3 only; there is no anonymous mode and no plaintext
-//! fallback: without a CA or a pin nothing is sent.
+//! consulted). There is no anonymous mode and no plaintext fallback: without
+//! a CA or a pin nothing is sent.
+//!
+//! TLS 1.3 is offered first and used whenever the SIEM speaks it. TLS 1.2 is
+//! accepted too unless `[logship] tls13_only = true`: rsyslog's gtls driver
+//! with `AuthMode="anon"` (the usual RFC 5425 receiver setup, and the one in
+//! the logship-siem scenario) offers no TLS 1.3 at all. rustls' TLS 1.2 is
+//! ECDHE with AEAD suites only (no CBC, no RSA key exchange).
 
 use std::sync::Arc;
 
@@ -11,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use gwos_tls_front::tls::{provider, PinVerifier};
+
 
 /// An optional client certificate chain and key (site config
 /// `siem_client_cert_file` / `siem_client_key_file`, PEM).
@@ -118,6 +124,7 @@ impl From<String> for TargetError {
 pub fn target(
     s: &SiemSettings,
     client: Option<&ClientCert>,
+    tls13_only: bool,
 ) -> Result<Option<Target>, TargetError> {
     let Some(endpoint) = s.siem_endpoint.as_deref().filter(|e| !e.is_empty()) else {
         return Ok(None);
@@ -126,12 +133,17 @@ pub fn target(
     let name = s.siem_server_name.clone().unwrap_or_else(|| host.clone());
     let server_name = ServerName::try_from(name.clone())
         .map_err(|_| format!("siem_server_name {name:?} is not a DNS name or IP address"))?;
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls13_only {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
     let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
+        .with_protocol_versions(versions)
         .map_err(|e| format!("TLS 1.3 setup: {e}"))?;
     let (builder, verify) = match (&s.siem_spki_sha256, &s.siem_ca_pem) {
         (Some(pin), _) => {
-            let v = PinVerifier::new(pin).map_err(|e| format!("siem_spki_sha256: {e:#}"))?;
+            let v = PinVerifier::new(pin)?;
             (
                 builder
                     .dangerous()
@@ -177,4 +189,87 @@ pub fn target(
         verify,
         tls: Arc::new(tls),
     }))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Accepts exactly the certificate whose SPKI hashes to the pin; handshake
+/// signatures are still verified (TLS 1.3 and 1.2).
+#[derive(Debug)]
+struct PinVerifier {
+    pin: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl PinVerifier {
+    fn new(pin: &str) -> Result<Self, String> {
+        let pin = pin.trim().to_ascii_lowercase();
+        if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "siem_spki_sha256 {pin:?} must be 64 hex digits (sha256 of the SIEM's SPKI)"
+            ));
+        }
+        Ok(Self {
+            pin,
+            provider: provider(),
+        })
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let got = gwos_tls_front::pin::pin_of_cert(end_entity).ok_or(
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding),
+        )?;
+        if got == self.pin {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
