@@ -377,6 +377,18 @@ impl Shipper {
                 );
             }
             if !plain.is_empty() {
+                // in the window before the first byte goes out: a failed
+                // write is sent again after the reconnect
+                let first_new = self.inflight.len();
+                let n = batch.len();
+                for (pos, time_ms) in batch {
+                    self.inflight.push_back(InFlight {
+                        pos,
+                        time_ms,
+                        end: u64::MAX,
+                        acked_at: None,
+                    });
+                }
                 conn.writer()
                     .write_all(&plain)
                     .map_err(|e| format!("TLS write: {e}"))?;
@@ -388,14 +400,8 @@ impl Shipper {
                     .map_err(|e| format!("sending to {}: {e}", t.endpoint))?;
                 }
                 last_write = Instant::now();
-                let n = batch.len();
-                for (pos, time_ms) in batch {
-                    self.inflight.push_back(InFlight {
-                        pos,
-                        time_ms,
-                        end: written,
-                        acked_at: None,
-                    });
+                for f in self.inflight.iter_mut().skip(first_new) {
+                    f.end = written;
                 }
                 let mut st = self.ctl.status();
                 st.sent += n as u64;

@@ -212,7 +212,7 @@ fn wrong_ca_sends_nothing_and_health_says_why() {
 
 #[test]
 fn wrong_server_name_sends_nothing_and_health_says_why() {
-    wrong_peer(|p| p.ca_pem(), "not-the-siem.test", "NotValidForName");
+    wrong_peer(|p| p.ca_pem(), "not-the-siem.test", "not valid for name");
 }
 
 #[test]

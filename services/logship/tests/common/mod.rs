@@ -33,6 +33,11 @@ fn run(cmd: &mut Command) {
 
 /// `gwosd` of this target dir ($GWOSD if set), built if needed.
 pub fn gwosd() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_gwosd).clone()
+}
+
+fn build_gwosd() -> PathBuf {
     if let Some(p) = std::env::var_os("GWOSD") {
         return p.into();
     }
