@@ -389,15 +389,20 @@ impl Shipper {
                         acked_at: None,
                     });
                 }
-                conn.writer()
-                    .write_all(&plain)
-                    .map_err(|e| format!("TLS write: {e}"))?;
-                while conn.wants_write() {
-                    conn.write_tls(&mut Counted {
-                        sock: &sock,
-                        written: &mut written,
-                    })
-                    .map_err(|e| format!("sending to {}: {e}", t.endpoint))?;
+                // rustls buffers a bounded amount: hand it over in pieces
+                let mut off = 0;
+                while off < plain.len() {
+                    off += conn
+                        .writer()
+                        .write(&plain[off..])
+                        .map_err(|e| format!("TLS write: {e}"))?;
+                    while conn.wants_write() {
+                        conn.write_tls(&mut Counted {
+                            sock: &sock,
+                            written: &mut written,
+                        })
+                        .map_err(|e| format!("sending to {}: {e}", t.endpoint))?;
+                    }
                 }
                 last_write = Instant::now();
                 for f in self.inflight.iter_mut().skip(first_new) {
