@@ -17,8 +17,6 @@ use serde::{Deserialize, Serialize};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-
-
 /// An optional client certificate chain and key (site config
 /// `siem_client_cert_file` / `siem_client_key_file`, PEM).
 pub struct ClientCert {

@@ -266,7 +266,7 @@ fn spki_pin_verifies_and_siem_config_applies_without_restart() {
 
 /// Feeds numbered events to whatever logship is running, reconnecting.
 fn feeder(dir: std::path::PathBuf, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    let mut n = 0u64;
+    let (mut n, mut burst) = (0u64, 0u32);
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let Ok(mut s) =
             std::os::unix::net::UnixStream::connect(dir.join("run/logship-ingest.sock"))
@@ -283,7 +283,9 @@ fn feeder(dir: std::path::PathBuf, stop: std::sync::Arc<std::sync::atomic::Atomi
             if s.write_all(format!("{svc} {v}\n").as_bytes()).is_err() {
                 break;
             }
-            if n % 20 == 0 {
+            burst += 1;
+            if burst == 20 {
+                burst = 0;
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
