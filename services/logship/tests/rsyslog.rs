@@ -298,9 +298,11 @@ fn kill_points(points: usize) {
     pki_dir(tmp.path());
     let (pki, mut siem) = setup(tmp.path());
     siem.start();
-    let mut ls = Logship::new(
+    // room for everything the feeder makes: this test is about kills, not the bound
+    let mut ls = Logship::with_spool(
         &tmp.path().join("ls"),
         &siem_toml(&siem, &pki.ca_pem(), "siem.test"),
+        1 << 30,
     );
     ls.start();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -336,6 +338,12 @@ fn kill_points(points: usize) {
             dups += 1;
         }
     }
+    let gaps = msgs.iter().filter(|m| m.msgid == "logship.gap").count();
+    assert_eq!(
+        gaps, 0,
+        "the spool overflowed: not the behaviour under test"
+    );
+    assert_eq!(ls.health()["dropped"], 0);
     let missing: Vec<u64> = (1..=committed)
         .filter(|s| !by_seq.contains_key(s))
         .collect();

@@ -348,10 +348,14 @@ pub struct Logship {
 impl Logship {
     /// `extra` is appended to the `[logship]` section.
     pub fn new(dir: &Path, extra: &str) -> Self {
+        Self::with_spool(dir, extra, 8 << 20)
+    }
+
+    pub fn with_spool(dir: &Path, extra: &str, spool_bytes: u64) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(
             dir.join("site.toml"),
-            format!("[logship]\nspool_max_bytes = 8388608\nheartbeat_secs = 5\nreconnect_max_secs = 2\nhostname = \"gw-test\"\n{extra}"),
+            format!("[logship]\nspool_max_bytes = {spool_bytes}\nheartbeat_secs = 5\nreconnect_max_secs = 2\nhostname = \"gw-test\"\n{extra}"),
         )
         .unwrap();
         Self {
