@@ -96,5 +96,5 @@ mkdir -p "$OUTDIR/bench"
   echo "| logship (\`gwosd run logship\`) | spool, fdatasync group commit (≤100 ms / 256) | $LS_RATE | $LS_GOT | peak $((LS_RSS / 1024)) MiB |"
   echo "| rsyslog omfwd | disk-assisted LinkedList queue (queue.filename, saveOnShutdown) | $RS_RATE | $RS_GOT | — |"
   echo
-  echo "logship counts as received what rsyslog wrote to its file; logship ships a record only once it is fdatasync'd, rsyslog's DA queue goes to disk only when memory overflows or at shutdown."
+  echo "Received = lines the receiver wrote to its file. logship ships a record only after it is fdatasync'd; rsyslog's disk-assisted queue writes to disk only when its memory part overflows or at shutdown, so the two durability levels differ."
 } | tee "$OUTDIR/bench/logship.md"
