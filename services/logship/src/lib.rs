@@ -6,6 +6,14 @@
 //! appends it to the [`spool`] on `/var` (group commit, fdatasync) and the
 //! [`shipper`] sends it as RFC 5424 over TLS 1.3 (RFC 5425 octet counting) to
 //! the SIEM.
+//!
+//! Confirmation without application acks (RFC 5425 has none, rsyslog sends
+//! none): a record counts as shipped once the peer's TCP acknowledged its
+//! bytes (`TCP_INFO` `tcpi_bytes_acked`) and the connection was still alive
+//! 0.5 s later; everything unconfirmed stays in an in-flight window that is
+//! sent again after any reconnect. At least once; a SIEM dedups by
+//! (`boot_id`, `seq`). Details in [`shipper`]; the one unsafe call is in
+//! `sys`.
 #![deny(unsafe_code)]
 
 pub mod ingest;
