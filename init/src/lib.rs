@@ -13,6 +13,7 @@ pub mod cmdline;
 pub mod console;
 pub mod dhcp;
 pub mod dm;
+pub mod events;
 pub mod floor;
 pub mod gpt_find;
 pub mod initsock;

@@ -21,6 +21,7 @@ pub const SERVICES: &[(&str, RunFn)] = &[
     ("tls-front", gwos_tls_front::run),
     ("control", gwos_control::run),
     ("update", gwos_update::run),
+    ("logship", gwos_logship::run),
     ("selftest", selftest),
     ("selftest-crash", selftest_crash),
 ];

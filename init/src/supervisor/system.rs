@@ -22,6 +22,8 @@ pub struct SystemEffects {
     probes: ThreadProbes,
     /// `gwos.test=vpnfail` (QEMU suite only): the vpn fails at every start.
     vpn_fails: bool,
+    /// Services' stdout/stderr pipes, drained by PID 1 (F2; init/src/events.rs).
+    events: crate::events::Events,
 }
 
 impl SystemEffects {
@@ -35,6 +37,7 @@ impl SystemEffects {
             exe: exe.into(),
             probes: ThreadProbes::new(Arc::new(health)),
             vpn_fails,
+            events: Default::default(),
         }
     }
 }
@@ -48,7 +51,8 @@ impl Effects for SystemEffects {
         if self.vpn_fails && svc.name == "vpn" {
             anyhow::bail!("TEST MODE (gwos.test=vpnfail): not starting the vpn");
         }
-        spawn(&self.exe, svc)
+        let (stdout, stderr) = self.events.pipes(&svc.name)?;
+        spawn(&self.exe, svc, stdout, stderr)
     }
 
     fn kill_group(&mut self, name: &str) {
@@ -74,7 +78,12 @@ impl Effects for SystemEffects {
 
 /// Starts one service: its cgroup, its state dir, then `gwosd run <name>`
 /// with the sandbox spec in the environment.
-fn spawn(exe: &str, s: &Service) -> anyhow::Result<Pid> {
+fn spawn(
+    exe: &str,
+    s: &Service,
+    stdout: std::process::Stdio,
+    stderr: std::process::Stdio,
+) -> anyhow::Result<Pid> {
     let mem = table::memory_value(&s.memory_max)?;
     cgroup::prepare(&s.name, &mem, s.pids_max, s.cpu_weight)?;
     crate::state::prepare_service_dir(std::path::Path::new("/var"), &s.name, s.uid, s.gid)?;
@@ -91,6 +100,8 @@ fn spawn(exe: &str, s: &Service) -> anyhow::Result<Pid> {
         .env_clear()
         .env("PATH", "/usr/bin:/sbin")
         .env(sandbox::ENV, serde_json::to_string(&spec)?)
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()?;
     let pid = i32::try_from(child.id())
         .map_err(|_| anyhow::anyhow!("pid {} does not fit a pid_t", child.id()))?;

@@ -155,7 +155,7 @@ impl AuditLog {
                 if let Some(t) = t {
                     if t >= since && t < until {
                         out.push(v);
-                        if out.len() > 2 * limit {
+                        if out.len() > limit.saturating_mul(2) {
                             out.drain(..out.len() - limit);
                         }
                     }

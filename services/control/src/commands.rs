@@ -460,9 +460,11 @@ impl Control {
         let eff = crate::config::effective(&self.site, &rt);
         json!({
             "overrides": rt,
+            "siem": crate::siem::status(&self.run_dir),
             "effective": {
                 "backend": eff.backend.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
                 "siem_endpoint": rt.siem_endpoint,
+                "siem_server_name": rt.siem_server_name,
                 "dns": rt.dns,
                 "idle_timeout_secs": eff.idle_timeout.as_secs(),
                 "auth_timeout_secs": eff.auth_timeout.as_secs(),

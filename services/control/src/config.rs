@@ -110,6 +110,12 @@ pub struct RuntimeConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub siem_endpoint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub siem_ca_pem: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub siem_server_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub siem_spki_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<Vec<String>>,
@@ -148,6 +154,15 @@ impl RuntimeConfig {
     pub fn apply(&mut self, set: &crate::params::ConfigSet) {
         if let Some(v) = &set.siem_endpoint {
             self.siem_endpoint = v.clone();
+        }
+        for (slot, v) in [
+            (&mut self.siem_ca_pem, &set.siem_ca_pem),
+            (&mut self.siem_server_name, &set.siem_server_name),
+            (&mut self.siem_spki_sha256, &set.siem_spki_sha256),
+        ] {
+            if let Some(v) = v {
+                *slot = v.clone();
+            }
         }
         if let Some(v) = &set.backend {
             self.backend = v.clone();

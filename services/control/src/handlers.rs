@@ -65,6 +65,7 @@ pub(crate) fn health(ctl: &Control, _: Empty, _cx: &Ctx<'_>) -> Out {
         "services": {"spa": ctl.peer_health("spa").0, "vpn": ctl.peer_health("vpn").0, "tls-front": tls},
         // The pin `gwos connect --pin` needs; null when tls-front does not answer.
         "tls_spki_sha256": tls_health.and_then(|h| h.get("spki_sha256").cloned()).unwrap_or(Value::Null),
+        "siem": crate::siem::status(&ctl.run_dir),
     }))
 }
 
@@ -198,6 +199,8 @@ pub(crate) fn config_set(ctl: &Control, p: ConfigSet, cx: &Ctx<'_>) -> Out {
                 denied => denied,
             })?;
     }
+    // The SIEM keys go to logship first: settings it refuses are not saved.
+    let not_applied = crate::siem::apply(&ctl.run_dir, &p, cx.trace_id)?;
     let mut rt = ctl.runtime.lock().unwrap_or_else(|p| p.into_inner());
     let mut next = rt.clone();
     next.apply(&p);
@@ -205,12 +208,21 @@ pub(crate) fn config_set(ctl: &Control, p: ConfigSet, cx: &Ctx<'_>) -> Out {
         .map_err(|e| format!("saving runtime config: {e:#}"))?;
     *rt = next;
     drop(rt);
-    Ok(ctl.config_view())
+    let mut view = ctl.config_view();
+    if let Some(why) = not_applied {
+        view["siem_not_applied"] = json!(why);
+    }
+    Ok(view)
 }
 
-pub(crate) fn pull_logs(ctl: &Control, w: LogWindow, _cx: &Ctx<'_>) -> Out {
-    let records = ctl.audit.read_window(w.since, w.until, w.limit);
-    Ok(json!({"since": w.since, "until": w.until, "count": records.len(), "records": records}))
+pub(crate) fn pull_logs(ctl: &Control, w: LogWindow, cx: &Ctx<'_>) -> Out {
+    Ok(crate::siem::pull_logs(
+        &ctl.run_dir,
+        &ctl.audit,
+        (w.since, w.until, w.limit),
+        &w.filter,
+        cx.trace_id,
+    ))
 }
 
 pub(crate) fn reboot(ctl: &Control, _: Empty, cx: &Ctx<'_>) -> Out {

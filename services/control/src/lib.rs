@@ -29,6 +29,7 @@ pub mod refusals;
 pub mod request;
 pub mod scope;
 pub mod server;
+pub mod siem;
 pub mod update;
 
 use std::sync::Arc;

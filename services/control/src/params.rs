@@ -157,6 +157,24 @@ pub struct ConfigSet {
         deserialize_with = "double",
         skip_serializing_if = "Option::is_none"
     )]
+    pub siem_ca_pem: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "double",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub siem_server_name: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "double",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub siem_spki_sha256: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "double",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub backend: Option<Option<Vec<String>>>,
     #[serde(
         default,
@@ -196,6 +214,13 @@ pub struct PullLogs {
     /// Max records (1..=10000, default 1000), newest kept.
     #[serde(default)]
     pub limit: Option<u64>,
+    /// Only events of this service / kind / control call (see `crate::siem`).
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub for_trace_id: Option<String>,
 }
 
 /// A parameter struct that checks its own fields. `Valid` is what the
@@ -378,6 +403,7 @@ impl Validate for ConfigSet {
         if let Some(Some(e)) = &self.siem_endpoint {
             endpoint("siem_endpoint", e)?;
         }
+        crate::siem::validate(&self)?;
         if let Some(Some(b)) = &self.backend {
             if b.is_empty() || b.len() > 64 {
                 return err("backend", "1..=64 CIDRs (null clears the override)");
@@ -408,11 +434,13 @@ impl Validate for ConfigSet {
 }
 
 /// `pull_logs` after validation: a window in Unix seconds and a record cap.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct LogWindow {
     pub since: i64,
     pub until: i64,
     pub limit: usize,
+    #[serde(flatten)]
+    pub filter: crate::siem::LogFilter,
 }
 
 impl Validate for PullLogs {
@@ -437,10 +465,17 @@ impl Validate for PullLogs {
         if limit == 0 || limit > 10_000 {
             return err("limit", "must be 1..=10000");
         }
+        let filter = crate::siem::LogFilter {
+            service: self.service,
+            kind: self.kind,
+            for_trace_id: self.for_trace_id,
+        };
+        filter.validate()?;
         Ok(LogWindow {
             since,
             until,
             limit: limit as usize,
+            filter,
         })
     }
 }

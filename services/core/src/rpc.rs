@@ -157,6 +157,7 @@ pub const SERVICE_UIDS: &[(&str, u32)] = &[
     // the one privileged step of an SPA knock (gwos_netfilter::grant)
     ("spa-grant", 805),
     ("update", 806),
+    ("logship", 807),
 ];
 
 /// `/run/gwos` is writable by every service, so a compromised service could

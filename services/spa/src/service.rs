@@ -121,10 +121,22 @@ pub struct Gate {
     replay: ReplayCache,
     limiter: RateLimiter,
     log_limiter: RateLimiter,
+    /// One bucket for every source together: spoofed or replayed floods from
+    /// many addresses still produce a bounded number of lines (F2).
+    log_global: RateLimiter,
     suppressed: u64,
     /// The run dir holding `spa-grant.sock`.
     run_dir: PathBuf,
+    /// Suppressed since the last `spa.suppressed` summary, and when that was.
+    suppressed_window: u64,
+    summary_at: Option<Instant>,
 }
+
+/// Deny lines per second for all sources together, and the burst.
+const LOG_GLOBAL_RATE: f64 = 10.0;
+const LOG_GLOBAL_BURST: f64 = 50.0;
+/// How often a `spa.suppressed` summary may be emitted.
+const SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn deny(user: Option<&str>, stage: Stage, reason: impl Into<String>) -> Decision {
     Decision::Deny {
@@ -145,8 +157,11 @@ impl Gate {
             replay,
             limiter,
             log_limiter: RateLimiter::new(1.0, 5.0, 4096),
+            log_global: RateLimiter::new(LOG_GLOBAL_RATE, LOG_GLOBAL_BURST, 1),
             suppressed: 0,
             run_dir: PathBuf::from(gwos_core::context::RUN_DIR),
+            suppressed_window: 0,
+            summary_at: None,
         }
     }
 
@@ -324,13 +339,20 @@ impl Gate {
                 emit(&ev);
             }
             Decision::Deny { user, reject } => {
-                // junk that never reached a key is logged at a bounded rate per source
+                // junk that never reached a key, and replays (free to send
+                // once a knock is captured), are logged at a bounded rate per
+                // source and overall
                 let cheap = matches!(
                     reject.stage,
-                    Stage::Transport | Stage::RateLimit | Stage::Hmac
+                    Stage::Transport | Stage::RateLimit | Stage::Hmac | Stage::Replay
                 );
-                if cheap && !self.log_limiter.allow(src_ip, mono) {
+                if cheap
+                    && !(self.log_limiter.allow(src_ip, mono)
+                        && self.log_global.allow(IpAddr::from([0u8; 4]), mono))
+                {
                     self.suppressed += 1;
+                    self.suppressed_window += 1;
+                    self.summarize(mono);
                     return;
                 }
                 let kind = if reject.stage == Stage::Replay {
@@ -352,6 +374,35 @@ impl Gate {
                 emit(&ev);
             }
         }
+    }
+}
+
+impl Gate {
+    /// At most every [`SUMMARY_EVERY`]: one `spa.suppressed` line saying how
+    /// many deny lines the limits held back.
+    fn summarize(&mut self, mono: Instant) {
+        if self
+            .summary_at
+            .is_some_and(|t| mono.duration_since(t) < SUMMARY_EVERY)
+        {
+            return;
+        }
+        if self.summary_at.is_none() {
+            // the first suppression starts the window
+            self.summary_at = Some(mono);
+            return;
+        }
+        self.summary_at = Some(mono);
+        let n = std::mem::take(&mut self.suppressed_window);
+        emit(
+            &Event::new("spa", "spa.suppressed")
+                .field("suppressed", n)
+                .field("window_secs", SUMMARY_EVERY.as_secs())
+                .field(
+                    gwos_core::event::REASON,
+                    format!("suppressed {n} deny/replay lines (per-source and global log limits)"),
+                ),
+        );
     }
 }
 
@@ -806,6 +857,32 @@ mod tests {
             e.starts_with(&format!("parsing spa's users file {}", path.display()))
                 && e.contains("unknown field `key`"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn f2_replays_are_logged_within_the_per_source_and_global_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = gate(dir.path(), false);
+        let now = replay::now();
+        let t = Instant::now();
+        let p = knock("0.0.0.0", 443, now, "alice");
+        let src: SocketAddr = "10.0.0.2:4000".parse().unwrap();
+        let d = g.handle(src.ip(), p.as_bytes(), now, t);
+        assert!(matches!(d, Decision::Permit { .. }));
+        for i in 0..2000u32 {
+            // many sources: the per-source limit alone would let 5 each through
+            let from = SocketAddr::new(
+                IpAddr::from([10, 1, (i / 250) as u8, (i % 250) as u8]),
+                4000,
+            );
+            let d = g.handle(from.ip(), p.as_bytes(), now, t);
+            g.act(from, d, t);
+        }
+        let logged = 2000 - g.suppressed;
+        assert_eq!(
+            logged, LOG_GLOBAL_BURST as u64,
+            "replay lines logged in one instant"
         );
     }
 }

@@ -185,6 +185,6 @@ mod tests {
             "bytes before the partition untouched"
         );
         assert_eq!(&disk[100..], &want[..]);
-        assert!(w.seek(SeekFrom::Start(0)).is_ok());
+        w.seek(SeekFrom::Start(0)).unwrap();
     }
 }

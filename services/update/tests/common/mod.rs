@@ -12,23 +12,23 @@ use gwos_update::boot::BootInfo;
 use gwos_update::disk::{Disk, Part};
 use sha2::{Digest, Sha256};
 
-pub const MIB: u64 = 1 << 20;
-pub const ROOT_BLOCKS: u64 = 300;
+pub(crate) const MIB: u64 = 1 << 20;
+pub(crate) const ROOT_BLOCKS: u64 = 300;
 
-pub struct Fixture {
+pub(crate) struct Fixture {
     pub dir: tempfile::TempDir,
     pub disk: Disk,
     pub key: ReleaseKey,
 }
 
-pub fn bytes(n: usize, seed: u32) -> Vec<u8> {
+pub(crate) fn bytes(n: usize, seed: u32) -> Vec<u8> {
     (0..n as u32)
         .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 11) as u8)
         .collect()
 }
 
 impl Fixture {
-    pub fn new() -> Fixture {
+    pub(crate) fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("disk.img");
         let layout = gwos_image::gpt::layout(
@@ -86,17 +86,23 @@ impl Fixture {
         }
     }
 
-    pub fn path(&self, p: &str) -> PathBuf {
+    pub(crate) fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
 
     /// A real bundle: root data with its dm-verity tree, two UKIs.
-    pub fn bundle(&self, key: &ReleaseKey, version: u64, floor: u64, version_id: &str) -> Vec<u8> {
+    pub(crate) fn bundle(
+        &self,
+        key: &ReleaseKey,
+        version: u64,
+        floor: u64,
+        version_id: &str,
+    ) -> Vec<u8> {
         self.bundle_with_uki(key, version, floor, version_id, 300_000)
     }
 
     /// A bundle whose UKIs are `uki_len` (and `uki_len + 1`) bytes.
-    pub fn bundle_with_uki(
+    pub(crate) fn bundle_with_uki(
         &self,
         key: &ReleaseKey,
         version: u64,
@@ -150,12 +156,12 @@ impl Fixture {
         [head, root, tree.hash_area, ukis[0].clone(), ukis[1].clone()].concat()
     }
 
-    pub fn v2(&self) -> Vec<u8> {
+    pub(crate) fn v2(&self) -> Vec<u8> {
         self.bundle(&self.key, 2, 2, "0.2.0")
     }
 
     /// sha256 of the inactive (B) slot's partitions and of the ESP.
-    pub fn slot_b_and_esp(&self) -> [String; 3] {
+    pub(crate) fn slot_b_and_esp(&self) -> [String; 3] {
         let mut f = std::fs::File::open(&self.disk.esp.path).unwrap();
         let mut h = |p: &Part| {
             let mut v = vec![0u8; p.size as usize];
@@ -170,7 +176,11 @@ impl Fixture {
         ]
     }
 
-    pub fn apply(&self, bundle: &[u8], boot: &BootInfo) -> Result<apply::Applied, ApplyError> {
+    pub(crate) fn apply(
+        &self,
+        bundle: &[u8],
+        boot: &BootInfo,
+    ) -> Result<apply::Applied, ApplyError> {
         let keys = [self.key.public()];
         let env = apply::Env {
             disk: &self.disk,
@@ -182,7 +192,7 @@ impl Fixture {
     }
 
     /// Applies `bundle`, expects a refusal, and checks slot B and the ESP are untouched.
-    pub fn refused(&self, bundle: &[u8], boot: &BootInfo) -> ApplyError {
+    pub(crate) fn refused(&self, bundle: &[u8], boot: &BootInfo) -> ApplyError {
         let before = self.slot_b_and_esp();
         let e = self
             .apply(bundle, boot)
@@ -200,7 +210,7 @@ impl Fixture {
     }
 }
 
-pub fn running_a(floor: u64) -> BootInfo {
+pub(crate) fn running_a(floor: u64) -> BootInfo {
     BootInfo {
         slot: "A".into(),
         version: 1,
@@ -213,7 +223,7 @@ pub fn running_a(floor: u64) -> BootInfo {
     }
 }
 
-pub fn part_bytes(p: &Part, len: u64, at: u64) -> Vec<u8> {
+pub(crate) fn part_bytes(p: &Part, len: u64, at: u64) -> Vec<u8> {
     let mut f = std::fs::File::open(&p.path).unwrap();
     let mut v = vec![0u8; len as usize];
     f.seek(SeekFrom::Start(p.offset + at)).unwrap();
@@ -221,6 +231,6 @@ pub fn part_bytes(p: &Part, len: u64, at: u64) -> Vec<u8> {
     v
 }
 
-pub fn extract(p: &Part, to: &Path) {
+pub(crate) fn extract(p: &Part, to: &Path) {
     std::fs::write(to, part_bytes(p, p.size, 0)).unwrap();
 }
