@@ -17,7 +17,7 @@
 //! always happens on PID 1's main thread.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use gwos_core::rpc::{Handler, Peer, Request, Response};
@@ -25,11 +25,25 @@ use serde_json::json;
 
 use crate::console;
 
-static REBOOT: AtomicBool = AtomicBool::new(false);
+/// When a reboot was asked for (CLOCK_BOOTTIME ms + 1; 0 = not asked).
+static REBOOT: AtomicU64 = AtomicU64::new(0);
+/// Time the caller gets to pass the answer on (control writes it to the SSH
+/// channel) before the shutdown SIGTERMs it.
+pub const REBOOT_DELAY_MS: u64 = 1000;
 
-/// True once (then reset) after a caller asked for a reboot.
+/// True once (then reset) when a caller asked for a reboot at least
+/// [`REBOOT_DELAY_MS`] ago.
 pub fn take_reboot_request() -> bool {
-    REBOOT.swap(false, Ordering::SeqCst)
+    let at = REBOOT.load(Ordering::SeqCst);
+    if at == 0 || crate::boottime_ms() + 1 < at + REBOOT_DELAY_MS {
+        return false;
+    }
+    REBOOT.swap(0, Ordering::SeqCst) != 0
+}
+
+/// True while a reboot was asked for and not yet taken.
+pub fn reboot_pending() -> bool {
+    REBOOT.load(Ordering::SeqCst) != 0
 }
 
 /// The uids allowed to call init.sock.
@@ -68,7 +82,12 @@ pub fn handler(status_path: PathBuf) -> Handler {
                 peer.uid,
                 req.trace_id.as_deref().unwrap_or("-")
             ));
-            REBOOT.store(true, Ordering::SeqCst);
+            let _ = REBOOT.compare_exchange(
+                0,
+                crate::boottime_ms() + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
             Response::ok(json!({"rebooting": true}))
         }
         Ok(Action::Status) => match std::fs::read(&status_path) {
@@ -151,9 +170,15 @@ mod tests {
     fn init_sock_refuses_uids_other_than_control() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("init.sock");
-        let status = dir.path().join("boot.json");
         let p = path.clone();
-        std::thread::spawn(move || serve_blocking(&p, allowed_uids(), handler(status)));
+        // PID 1's allowlist and server; the handler counts the calls that get through.
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = calls.clone();
+        let h: Handler = Arc::new(move |_r: Request, _p: Peer| {
+            c.fetch_add(1, Ordering::SeqCst);
+            Response::ok(json!({"rebooting": true}))
+        });
+        std::thread::spawn(move || serve_blocking(&p, allowed_uids(), h));
         wait_for(&path);
         let me = nix::unistd::geteuid().as_raw();
         assert_ne!(
@@ -163,7 +188,7 @@ mod tests {
         );
         // The server answers a refused caller before reading its request and
         // hangs up, so read that line raw (rpc::call may hit EPIPE writing).
-        use std::io::BufRead;
+        use std::io::{BufRead, Write};
         let s = std::os::unix::net::UnixStream::connect(&path).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut line = String::new();
@@ -173,9 +198,12 @@ mod tests {
             r.error.as_deref(),
             Some(format!("uid {me} may not call this service").as_str())
         );
-        assert!(
-            !take_reboot_request(),
-            "a refused caller set the reboot flag"
+        (&s).write_all(b"{\"method\":\"reboot\"}\n").ok();
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            0,
+            "a refused caller reached the handler"
         );
     }
 
@@ -194,6 +222,12 @@ mod tests {
         assert_eq!(r, Response::ok(json!({"slot": "A"})));
         let r = h(req("reboot", json!({})), control);
         assert_eq!(r, Response::ok(json!({"rebooting": true})));
+        assert!(reboot_pending());
+        assert!(
+            !take_reboot_request(),
+            "taken before the answer had time to go out"
+        );
+        std::thread::sleep(Duration::from_millis(REBOOT_DELAY_MS + 50));
         assert!(take_reboot_request());
         assert!(!take_reboot_request(), "the flag is taken once");
     }

@@ -257,3 +257,67 @@ fn ab_rollback_unhealthy_trial_boots_previous_slot() {
         "v1's floor, from its blessed boot"
     );
 }
+
+/// Power cut during a trial boot (QEMU killed right after PID 1 saw the
+/// trial, before blessing): the good slot's UKI still has no counter (the
+/// cut cost only the trial entry a try), and the next boot tries B again
+/// and blesses it.
+#[test]
+fn ab_power_cut_during_trial_boot_costs_only_the_trial_a_try() {
+    let v1 = test_image().unwrap();
+    let v2 = build_variant("v2-cut", |c| {
+        set(c, &["image"], "version", int(2));
+        set(
+            c,
+            &["image"],
+            "version_id",
+            toml::Value::String("0.2.0".into()),
+        );
+        set(c, &["image"], "security_floor", int(2));
+        set(c, &["site", "boot"], "bless_after_secs", int(5));
+    })
+    .unwrap();
+    let wd = workdir();
+    let disk = copy_image(&v1.join("gwos.img"), wd.path()).unwrap();
+    install_slot_b(&disk, &v2, 3).unwrap();
+    let mut q = Qemu::start(&disk, Boot::Ovmf, None).unwrap();
+    q.wait_for(
+        "gwos: trial boot of gwos-0.2.0-b+2-1.efi (2 tries left)",
+        BOOT,
+    )
+    .unwrap();
+    drop(q); // power cut: QEMU killed
+    assert_eq!(
+        esp_ukis(&disk).unwrap(),
+        ["gwos-0.1.0-a.efi", "gwos-0.2.0-b+2-1.efi"]
+    );
+    assert_eq!(
+        stored_floor(&disk).unwrap(),
+        0,
+        "not raised before blessing"
+    );
+
+    let mut q = Qemu::start(&disk, Boot::Ovmf, None).unwrap();
+    q.wait_for(
+        "gwos: trial boot of gwos-0.2.0-b+1-2.efi (1 tries left)",
+        BOOT,
+    )
+    .unwrap();
+    q.wait_for(
+        "gwos: boot blessing: blessed gwos-0.2.0-b+1-2.efi -> gwos-0.2.0-b.efi (services healthy for 5 s)",
+        BOOT,
+    )
+    .unwrap();
+    q.wait_for(
+        "\"security_floor\":2,\"trial\":false,\"tries_left\":null,\"blessed\":true",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    q.monitor("system_powerdown").unwrap();
+    q.wait_exit(Duration::from_secs(90)).unwrap();
+    assert_eq!(
+        esp_ukis(&disk).unwrap(),
+        ["gwos-0.1.0-a.efi", "gwos-0.2.0-b.efi"]
+    );
+    assert_eq!(stored_floor(&disk).unwrap(), 2);
+}
