@@ -296,7 +296,7 @@ fn f13_egress_by_uid() {
     let site = dir.path().join("site.toml");
     std::fs::write(
         &site,
-        "[control]\nbackend = [\"10.210.0.0/24\"]\nlisten = \"0.0.0.0:2222\"\n[vpn]\nlisten = \"127.0.0.1:51820\"\n",
+        "[control]\nbackend = [\"10.210.0.0/24\"]\nlisten = \"0.0.0.0:2222\"\n[vpn]\nlisten = \"127.0.0.1:51820\"\npublic_listen = \"0.0.0.0:51821\"\n",
     )
     .unwrap();
     load_base(&gw, &site);
@@ -309,6 +309,7 @@ fn f13_egress_by_uid() {
         "meta skuid 803 ct state established,related accept",
         "meta skuid 803 oifname \"lo\" udp dport 51820 accept",
         "meta skuid 802 udp sport 51820 accept",
+        "meta skuid 802 udp sport 51821 accept",
         "meta skuid 804 ct state established,related accept",
     ] {
         assert!(output.contains(want), "missing {want:?} in:\n{output}");
@@ -361,7 +362,8 @@ fn f13_egress_by_uid() {
         "spa's datagram arrived"
     );
 
-    // vpn: from its own port only
+    // vpn: from its own ports only (here the public one: 51820 is taken by
+    // the listener above)
     let wg = dir.path().join("wg.txt");
     lab.spawn(
         &net,
@@ -379,8 +381,8 @@ fn f13_egress_by_uid() {
         "vpn sent from a port that is not its own"
     );
     assert!(
-        udp_send(&gw, 802, "10.210.0.2:9999", Some(51820), "vpn-own-port\n"),
-        "vpn could not send from udp/51820"
+        udp_send(&gw, 802, "10.210.0.2:9999", Some(51821), "vpn-own-port\n"),
+        "vpn could not send from its public udp/51821"
     );
     assert!(wait_for_file_containing(&wg, "vpn-own-port"));
 
