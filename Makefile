@@ -17,7 +17,7 @@ export GWOSD := $(abspath $(GWOSD))
 export GWOS_BIN := $(abspath $(GWOS))
 export GWOS_OUT := $(abspath $(OUT))
 
-.PHONY: deps kernel gwosd gwos image run test unit-test qemu-test bench fuzz clean repro-check
+.PHONY: deps kernel gwosd gwos image run test unit-test qemu-test bench fuzz clean repro-check lint
 
 deps:
 	@bash .ci/deps.sh
@@ -55,6 +55,11 @@ image: deps kernel gwosd gwos
 # Builds the dev image and boots it in QEMU for a person (`gwos run`; RUN_ARGS adds options).
 run: image
 	$(GWOS) run $(OUT)/gwos.img $(RUN_ARGS)
+
+# Format and lints ([workspace.lints] in Cargo.toml), as CI runs them.
+lint: deps
+	cargo fmt --all --check
+	cargo clippy --locked --workspace --all-targets -- -D warnings
 
 # Unit tests + host integration tests (namespaces, real clients), then the QEMU boot suite.
 test: image unit-test qemu-test
