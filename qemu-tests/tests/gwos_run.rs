@@ -209,3 +209,23 @@ fn corrupted_root_exits_4_naming_verity() {
     );
     assert!(o.stdout.is_empty(), "JSON printed for a failed boot");
 }
+
+/// docs/ci.md's example CI job runs as written: qemu-tests/ci-example.sh is
+/// the same steps (deps, image, `gwos run --detach --wait-ready`, fwknop
+/// knock, TLS 1.3, `health` over ssh, `gwos stop`).
+#[test]
+fn docs_ci_example_runs_as_written() {
+    let ws = gwos_qemu_tests::workspace();
+    let o = std::process::Command::new("bash")
+        .arg(ws.join("qemu-tests/ci-example.sh"))
+        .current_dir(&ws)
+        .output()
+        .expect("bash runs");
+    assert!(
+        o.status.success(),
+        "docs/ci.md's job failed ({}):\n{}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
