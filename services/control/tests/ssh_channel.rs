@@ -587,7 +587,14 @@ scopes = ["health:read", "vpn:read", "logs:read"]
     err_contains(&v, "unknown command");
 
     // config_set / config_get.
-    let (v, _) = lab.call("admin", "config_set", json!({"siem_endpoint":"siem.example.net:6514","dns":["10.50.0.53"],"idle_timeout_secs":120}));
+    // dns is the vpn's to apply: with the vpn stopped (above) it is refused and not stored.
+    let (v, _) = lab.call("admin", "config_set", json!({"dns":["10.50.0.53"]}));
+    err_contains(&v, "dns not applied: service unavailable: vpn");
+    let (v, _) = lab.call(
+        "admin",
+        "config_set",
+        json!({"siem_endpoint":"siem.example.net:6514","idle_timeout_secs":120}),
+    );
     ok(&v);
     let (v, _) = lab.call("admin", "config_get", json!({}));
     assert_eq!(v["effective"]["siem_endpoint"], "siem.example.net:6514");
