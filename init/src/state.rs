@@ -136,7 +136,7 @@ pub fn mount_var() -> Result<String> {
 /// the owner and mode are set on the opened fd. A symlink is refused.
 pub fn prepare_service_dir(var: &Path, name: &str, uid: u32, gid: u32) -> Result<()> {
     let lib = secure_dir(var, &["lib", "gwos"], 0, 0, 0o755)?;
-    let dir = open_dir_nofollow(&lib, &var.join("lib/gwos"), name)?;
+    let dir = open_dir_nofollow(&lib, &var.join("lib/gwos"), name, 0o700)?;
     set_owner_mode(&dir, &var.join("lib/gwos").join(name), uid, gid, 0o700)
 }
 
@@ -152,7 +152,8 @@ pub fn secure_dir(
     let mut dir = open_base(base)?;
     let mut path = base.to_path_buf();
     for c in components {
-        dir = open_dir_nofollow(&dir, &path, c)?;
+        // Directories on the way are traversable (0755); the last gets `mode` below.
+        dir = open_dir_nofollow(&dir, &path, c, 0o755)?;
         path.push(c);
     }
     set_owner_mode(&dir, &path, uid, gid, mode)?;
@@ -172,8 +173,14 @@ fn open_base(base: &Path) -> Result<OwnedFd> {
 }
 
 /// `name` below the open directory `parent` (at `parent_path`, for messages):
-/// made 0700 root if missing, opened only if it is a real directory.
-fn open_dir_nofollow(parent: &OwnedFd, parent_path: &Path, name: &str) -> Result<OwnedFd> {
+/// made (root, `create_mode` less the umask) if missing, opened only if it is
+/// a real directory.
+fn open_dir_nofollow(
+    parent: &OwnedFd,
+    parent_path: &Path,
+    name: &str,
+    create_mode: u32,
+) -> Result<OwnedFd> {
     use nix::errno::Errno;
     use nix::fcntl::OFlag;
     use nix::sys::stat::Mode;
@@ -182,7 +189,8 @@ fn open_dir_nofollow(parent: &OwnedFd, parent_path: &Path, name: &str) -> Result
         !name.is_empty() && name != "." && name != ".." && !name.contains('/'),
         "{name:?} is not a single path component"
     );
-    match nix::sys::stat::mkdirat(Some(parent.as_raw_fd()), name, Mode::S_IRWXU) {
+    let mode = Mode::from_bits_truncate(create_mode);
+    match nix::sys::stat::mkdirat(Some(parent.as_raw_fd()), name, mode) {
         Ok(()) | Err(Errno::EEXIST) => {}
         Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
     }
@@ -412,6 +420,14 @@ mod tests {
         std::fs::create_dir(&var).unwrap();
         let me = std::fs::metadata(&var).unwrap();
         prepare_service_dir(&var, "spa", me.uid(), me.gid()).unwrap();
+        for up in ["lib", "lib/gwos"] {
+            let m = std::fs::metadata(var.join(up)).unwrap();
+            assert_eq!(
+                m.mode() & 0o777,
+                0o755,
+                "{up} must be traversable by services"
+            );
+        }
         let dir = var.join("lib/gwos/spa");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         prepare_service_dir(&var, "spa", me.uid(), me.gid()).unwrap();
