@@ -10,19 +10,21 @@ use std::time::Duration;
 use gwos_netfilter::{list_elements, set_backend, spa_allow, Error, Proto};
 use gwos_test_support::{in_netns, in_ns, require_root_and_tools, Netns};
 
-fn load_base(ns: &str) {
-    in_netns(ns, || {
+/// A namespace `<prefix><pid>` with the base ruleset loaded, as init does.
+fn gateway(prefix: &str) -> (String, Netns) {
+    require_root_and_tools(&["ip", "nft"]);
+    let ns = format!("{prefix}{}", std::process::id());
+    let guard = Netns::new(&[&ns]);
+    in_netns(&ns, || {
         gwos_netfilter::base::load(&gwos_netfilter::base::BaseConfig::default())
     })
     .expect("base ruleset");
+    (ns, guard)
 }
 
 #[test]
 fn spa_grants_are_listed_back_with_their_timeout() {
-    require_root_and_tools(&["ip", "nft"]);
-    let ns = format!("gwsets{}", std::process::id());
-    let _ns = Netns::new(&[&ns]);
-    load_base(&ns);
+    let (ns, _guard) = gateway("gwsets");
     let x: IpAddr = "192.0.2.7".parse().expect("addr");
     let y: IpAddr = "2001:db8::9".parse().expect("addr");
     let listed = in_netns(&ns, move || {
@@ -53,10 +55,7 @@ fn spa_grants_are_listed_back_with_their_timeout() {
 
 #[test]
 fn backend_set_is_replaced_whole() {
-    require_root_and_tools(&["ip", "nft"]);
-    let ns = format!("gwback{}", std::process::id());
-    let _ns = Netns::new(&[&ns]);
-    load_base(&ns);
+    let (ns, _guard) = gateway("gwback");
     in_netns(&ns, || {
         set_backend(&["10.9.0.0/24".parse().expect("net")])?;
         set_backend(&["10.8.0.0/24".parse().expect("net")])
