@@ -245,6 +245,14 @@ pub const SITE_CHECKS: &[(&str, SiteCheck)] = &[
             .validate()
             .context("site config section [boot]")
     }),
+    ("spa-grant", |s| {
+        s.section::<gwos_netfilter::grant::GrantConfig>(gwos_netfilter::grant::SERVICE)
+            .map(drop)
+    }),
+    ("logship", |s| {
+        s.section::<gwos_logship::service::LogshipConfig>("logship")
+            .map(drop)
+    }),
 ];
 
 /// `[site]` as the gateway will read it: unknown sections and keys, and

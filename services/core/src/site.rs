@@ -25,6 +25,8 @@ pub const SECTIONS: &[(&str, &str)] = &[
         "boot",
         "gwos-init (trial boots: blessing window and deadline)",
     ),
+    ("spa-grant", "gwos-netfilter (the SPA grant service)"),
+    ("logship", "gwos-logship (spool and SIEM)"),
 ];
 
 #[derive(Debug, Clone, Default)]
