@@ -56,6 +56,9 @@ pub fn build_variant(name: &str, edit: impl FnOnce(&mut toml::Table)) -> Result<
         .arg("--out")
         .arg(&out)
         .arg("--no-qcow2")
+        // A test variant signed with the base image's keys, which are the
+        // development keys (F15: a release then needs the explicit flag).
+        .arg("--allow-dev-keys")
         .output()?;
     if !o.status.success() {
         bail!(
