@@ -24,7 +24,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 const VAR: &str =
     "/sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
@@ -203,32 +203,7 @@ pub fn rename_blessed(esp: Option<&crate::gpt_find::Part>, e: &Entry) -> Result<
     res.map(|_| format!("blessed {} -> {new}", e.file))
 }
 
-/// Why a trial boot was not blessed (`/var/lib/gwos/boot/last_bad.json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LastBad {
-    pub slot: String,
-    pub version_id: String,
-    pub reason: String,
-}
-
-/// `/run/gwos/boot.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BootStatus {
-    /// "A" or "B".
-    pub slot: String,
-    pub version: u64,
-    pub version_id: String,
-    /// The stored floor (raised after blessing).
-    pub security_floor: u64,
-    pub trial: bool,
-    pub tries_left: Option<u32>,
-    pub blessed: bool,
-    pub last_bad: Option<LastBad>,
-    /// A development-key image (its site config carries the dev control key).
-    pub development: bool,
-}
+pub use gwos_core::boot_status::{BootStatus, LastBad};
 
 /// Writes `boot.json` into `run_dir` atomically, mode 0644.
 pub fn publish(run_dir: &Path, s: &BootStatus) -> Result<()> {

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod boot_status;
 pub mod context;
 pub mod event;
 pub mod rpc;

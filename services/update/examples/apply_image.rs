@@ -21,6 +21,7 @@ fn main() -> anyhow::Result<()> {
         tries_left: None,
         blessed: true,
         last_bad: None,
+        development: false,
     };
     let env = gwos_update::apply::Env {
         disk: &disk,

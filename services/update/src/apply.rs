@@ -98,7 +98,7 @@ pub fn apply(
     progress: &mut dyn FnMut(String),
 ) -> Result<Applied, ApplyError> {
     let t0 = Instant::now();
-    let active = dev(env.boot.active())?;
+    let active = dev(crate::boot::active(env.boot))?;
     let inactive = active.other();
     if env.boot.trial && !env.boot.blessed {
         return Err(ApplyError::TrialNotBlessed {

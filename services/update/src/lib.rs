@@ -192,7 +192,7 @@ fn active_root_hash() -> Option<String> {
 }
 
 fn boot_of(paths: &Paths, disk: &disk::Disk) -> Result<boot::BootInfo> {
-    boot::BootInfo::load_or_derive(&paths.boot_json, &paths.release_json, Some(&disk.esp))
+    boot::load_or_derive(&paths.boot_json, &paths.release_json, Some(&disk.esp))
 }
 
 fn status_of(paths: &Paths) -> Result<Value> {

@@ -74,7 +74,7 @@ pub fn status(
     state_dir: &Path,
     active_root_hash: Option<String>,
 ) -> Result<Value> {
-    let active = boot.active()?;
+    let active = crate::boot::active(boot)?;
     let entries = esp::list(&disk.esp)?;
     let rollback: Option<RollbackRecord> =
         gwos_core::state::read_json(&state_dir.join(ROLLBACK_FILE))?;
@@ -145,7 +145,7 @@ pub fn status(
 /// active slot's entry is renamed to its `+0` (bad) name, so systemd-boot
 /// sorts it last and boots the other one.
 pub fn rollback(disk: &Disk, boot: &BootInfo, state_dir: &Path, now: u64) -> Result<Value> {
-    let active = boot.active()?;
+    let active = crate::boot::active(boot)?;
     let other = active.other();
     let entries = esp::list(&disk.esp)?;
     let target = entries.iter().find(|e| e.slot == other);

@@ -220,6 +220,7 @@ pub(crate) fn running_a(floor: u64) -> BootInfo {
         tries_left: None,
         blessed: true,
         last_bad: None,
+        development: false,
     }
 }
 
