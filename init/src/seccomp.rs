@@ -208,6 +208,8 @@ pub const SOCKETS: &[(&str, &[SocketRule])] = &[
         ],
     ),
     ("spa-grant", &[Netlink(libc::NETLINK_NETFILTER)]),
+    // logship: the TLS connection to the SIEM.
+    ("logship", &[Family(libc::AF_INET), Family(libc::AF_INET6)]),
 ];
 
 /// The socket shapes `service` may create.
@@ -496,6 +498,7 @@ mod tests {
         "tls-front",
         "control",
         "update",
+        "logship",
         "selftest",
         "selftest-crash",
     ];
@@ -622,7 +625,9 @@ mod tests {
             sockets_line("vpn"),
             "sockets: unix=ok inet=ok inet6=ok netlink_route=ok netlink_netfilter=ok netlink_audit=EPERM"
         );
-        for svc in ["tls-front", "control"] {
+        // logship connects to the SIEM (it was left without IP sockets once,
+        // and every connect failed with EPERM).
+        for svc in ["tls-front", "control", "logship"] {
             assert_eq!(
                 sockets_line(svc),
                 "sockets: unix=ok inet=ok inet6=ok netlink_route=EPERM netlink_netfilter=EPERM netlink_audit=EPERM",
