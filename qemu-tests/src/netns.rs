@@ -112,6 +112,22 @@ impl NetNs {
         ))
     }
 
+    /// Like [`NetNs::control`], with the request body read from `body` (a
+    /// file, so any JSON passes without shell quoting).
+    pub fn control_file(
+        &self,
+        key: &std::path::Path,
+        src: &str,
+        cmd: &str,
+        body: &std::path::Path,
+    ) -> (bool, String) {
+        self.sh(&format!(
+            "timeout 90 ssh -p 2222 -i {} -o BindAddress={src} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o LogLevel=ERROR -o ConnectTimeout=20 gwctl@10.0.2.15 {cmd} <{}",
+            key.display(),
+            body.display()
+        ))
+    }
+
     /// Runs a command inside the namespace.
     pub fn exec(&self, cmd: &str, args: &[&str]) -> Result<Output> {
         Command::new("ip")

@@ -1,0 +1,184 @@
+//! SIEM shipping from a booted gateway (issue 13): PID 1 and every service
+//! hand their events to logship, which ships them as RFC 5424 over TLS
+//! (RFC 5425) to a real rsyslogd (imtcp + gtls) on the test's backend host,
+//! and keeps what it could not send in its spool through an outage. Inside
+//! the guest logship runs under its sandbox (uid, seccomp, egress rules), so
+//! this catches what the host tests of logship cannot. Needs root,
+//! rsyslogd, openssl, ssh, `make image`.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gwos_qemu_tests::{
+    backend_key, copy_image, direct_boot, need_tool, out_dir, test_image, NetNs, Qemu,
+};
+
+const BOOT: Duration = Duration::from_secs(300);
+const PORT: u16 = 6514;
+
+fn openssl(dir: &Path, args: &str) {
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && openssl {args} 2>/dev/null",
+            dir.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl {args} failed");
+}
+
+/// A CA and a server certificate for `siem.test`.
+fn pki(dir: &Path) -> String {
+    openssl(dir, "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca");
+    openssl(dir, "req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout srv.key -out srv.csr -subj /CN=siem.test");
+    std::fs::write(dir.join("ext"), "subjectAltName=DNS:siem.test\n").unwrap();
+    openssl(dir, "x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile ext");
+    std::fs::read_to_string(dir.join("ca.pem")).unwrap()
+}
+
+/// rsyslogd in the namespace, listening with TLS on 10.0.2.2:PORT, writing
+/// every raw message to `siem.log`.
+fn rsyslogd(ns: &NetNs, dir: &Path) -> Child {
+    let d = dir.display();
+    std::fs::create_dir_all(dir.join("work")).unwrap();
+    std::fs::write(
+        dir.join("rs.conf"),
+        format!(
+            "global(workDirectory=\"{d}/work\" DefaultNetstreamDriver=\"gtls\" DefaultNetstreamDriverCAFile=\"{d}/ca.pem\"\n\
+             DefaultNetstreamDriverCertFile=\"{d}/srv.pem\" DefaultNetstreamDriverKeyFile=\"{d}/srv.key\")\n\
+             module(load=\"imtcp\" StreamDriver.Name=\"gtls\" StreamDriver.Mode=\"1\" StreamDriver.AuthMode=\"anon\")\n\
+             input(type=\"imtcp\" port=\"{PORT}\" address=\"10.0.2.2\")\n\
+             template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
+             action(type=\"omfile\" file=\"{d}/siem.log\" template=\"raw\")\n"
+        ),
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(dir.join("rs.pid"));
+    let c = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "rsyslogd", "-n", "-f"])
+        .arg(dir.join("rs.conf"))
+        .arg("-i")
+        .arg(dir.join("rs.pid"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("rs.err")).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    c
+}
+
+fn stop(mut c: Child) {
+    let _ = Command::new("kill").arg(c.id().to_string()).status();
+    let _ = c.wait();
+}
+
+/// How many distinct `<prefix><n>` trace ids the SIEM has received.
+fn received(dir: &Path, prefix: &str) -> usize {
+    let log = std::fs::read_to_string(dir.join("siem.log")).unwrap_or_default();
+    let mut ids: Vec<&str> = log
+        .match_indices(prefix)
+        .map(|(i, _)| {
+            let rest = &log[i..];
+            &rest[..rest.find('"').unwrap_or(rest.len())]
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.len()
+}
+
+fn wait_received(dir: &Path, prefix: &str, n: usize, timeout: Duration) -> usize {
+    let t = Instant::now();
+    loop {
+        let got = received(dir, prefix);
+        if got >= n || t.elapsed() > timeout {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn health_calls(ns: &NetNs, key: &Path, dir: &Path, prefix: &str, n: usize) {
+    for i in 1..=n {
+        let body = dir.join("body.json");
+        std::fs::write(&body, format!("{{\"trace_id\":\"{prefix}{i}\"}}")).unwrap();
+        let (ok, out) = ns.control_file(key, "10.0.2.100", "health", &body);
+        assert!(ok, "health {prefix}{i}: {out}");
+    }
+}
+
+/// Events made while the SIEM is up arrive as RFC 5424 with a sequenceId;
+/// the 20 made while it is down all arrive once it is back.
+#[test]
+fn logship_ships_rfc5424_over_tls_and_keeps_events_through_an_outage() {
+    for t in ["rsyslogd", "openssl", "ssh"] {
+        need_tool(t);
+    }
+    let img = test_image().unwrap();
+    let wd = tempfile::Builder::new()
+        .prefix("gwos-logship")
+        .tempdir_in(out_dir())
+        .unwrap();
+    let dir = wd.path();
+    let ca = pki(dir);
+    let key = backend_key(dir).unwrap();
+    let d = copy_image(&img.join("gwos.img"), dir).unwrap();
+    let ns = NetNs::new("logship", &["10.0.2.2/24", "10.0.2.100/24"]).unwrap();
+    let rs = rsyslogd(&ns, dir);
+    let mut q = Qemu::start(&d, direct_boot(&img, "").unwrap(), Some(&ns)).unwrap();
+    q.wait_for("gwos: ready slot=A", BOOT).unwrap();
+
+    let body = dir.join("siem.json");
+    std::fs::write(
+        &body,
+        serde_json::json!({
+            "siem_endpoint": format!("10.0.2.2:{PORT}"),
+            "siem_ca_pem": ca,
+            "siem_server_name": "siem.test",
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let (ok, out) = ns.control_file(&key, "10.0.2.100", "config_set", &body);
+    assert!(ok && out.contains("\"ok\":true"), "config_set siem: {out}");
+
+    health_calls(&ns, &key, dir, "ls-up-", 5);
+    let got = wait_received(dir, "ls-up-", 5, Duration::from_secs(60));
+    let (_, health) = ns.control(&key, "10.0.2.100", "health");
+    assert_eq!(
+        got, 5,
+        "events reached the SIEM while it was up; health: {health}"
+    );
+    let log = std::fs::read_to_string(dir.join("siem.log")).unwrap();
+    let rec = log.lines().find(|l| l.contains("ls-up-1\"")).unwrap();
+    assert!(
+        rec.starts_with('<')
+            && rec
+                .split_once('>')
+                .is_some_and(|(_, r)| r.starts_with("1 ")),
+        "not RFC 5424: {rec}"
+    );
+    assert!(
+        rec.contains("[meta ") && rec.contains("sequenceId=\""),
+        "no sequenceId: {rec}"
+    );
+
+    stop(rs);
+    health_calls(&ns, &key, dir, "ls-down-", 20);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(received(dir, "ls-down-",), 0, "the SIEM was down");
+    let rs = rsyslogd(&ns, dir);
+    let got = wait_received(dir, "ls-down-", 20, Duration::from_secs(120));
+    let (_, health) = ns.control(&key, "10.0.2.100", "health");
+    assert_eq!(
+        got, 20,
+        "events made during the outage lost; health: {health}"
+    );
+    stop(rs);
+
+    q.monitor("system_powerdown").unwrap();
+    let c = q.wait_exit(Duration::from_secs(90)).unwrap();
+    assert!(c.contains("gwos: powering off"), "{c}");
+}
