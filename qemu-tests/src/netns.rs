@@ -106,10 +106,7 @@ impl NetNs {
     /// Calls control `cmd` (request `{}`) on the guest 10.0.2.15 from `src` with
     /// the suite's backend key (qemu-tests/fixtures), through OpenSSH.
     pub fn control(&self, key: &std::path::Path, src: &str, cmd: &str) -> (bool, String) {
-        self.sh(&format!(
-            "echo '{{}}' | timeout 90 ssh -p 2222 -i {} -o BindAddress={src} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o LogLevel=ERROR -o ConnectTimeout=20 gwctl@10.0.2.15 {cmd}",
-            key.display()
-        ))
+        self.sh(&format!("echo '{{}}' | {}", control_ssh(key, src, cmd)))
     }
 
     /// Like [`NetNs::control`], with the request body read from `body` (a
@@ -122,8 +119,8 @@ impl NetNs {
         body: &std::path::Path,
     ) -> (bool, String) {
         self.sh(&format!(
-            "timeout 90 ssh -p 2222 -i {} -o BindAddress={src} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o LogLevel=ERROR -o ConnectTimeout=20 gwctl@10.0.2.15 {cmd} <{}",
-            key.display(),
+            "{} <{}",
+            control_ssh(key, src, cmd),
             body.display()
         ))
     }
@@ -136,6 +133,14 @@ impl NetNs {
             .output()
             .with_context(|| format!("running {cmd} in {}", self.name))
     }
+}
+
+/// The OpenSSH command line that calls control `cmd` on the guest from `src`.
+fn control_ssh(key: &std::path::Path, src: &str, cmd: &str) -> String {
+    format!(
+        "timeout 90 ssh -p 2222 -i {} -o BindAddress={src} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o LogLevel=ERROR -o ConnectTimeout=20 gwctl@10.0.2.15 {cmd}",
+        key.display()
+    )
 }
 
 impl Drop for NetNs {

@@ -159,6 +159,15 @@ impl Qemu {
     pub fn monitor(&self, cmd: &str) -> Result<String> {
         self.vm.monitor(cmd)
     }
+
+    /// ACPI power button through the monitor; the guest must shut down
+    /// cleanly ("gwos: powering off") within 90 s. Returns the console.
+    pub fn power_off(&mut self) -> Result<String> {
+        self.monitor("system_powerdown")?;
+        let c = self.wait_exit(Duration::from_secs(90))?;
+        anyhow::ensure!(c.contains("gwos: powering off"), "no clean power-off:\n{c}");
+        Ok(c)
+    }
 }
 
 /// Boot figures read from the console: (kernel → PID 1 ms, PID 1 → ready ms).

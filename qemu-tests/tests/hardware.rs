@@ -32,12 +32,6 @@ fn health_ok(ns: &NetNs, key: &std::path::Path) {
     assert_eq!(v["services"]["spa"], "ok", "{v}");
 }
 
-fn power_off(q: &mut Qemu) {
-    q.monitor("system_powerdown").unwrap();
-    let c = q.wait_exit(Duration::from_secs(90)).unwrap();
-    assert!(c.contains("gwos: powering off"), "{c}");
-}
-
 /// One direct boot with `nic` as the NIC model and the disk on `disk`: ready
 /// line, every PCI network/storage device has a driver, `health` over control.
 fn matrix_boot(tag: &str, nic: &str, disk: DiskModel) {
@@ -69,7 +63,7 @@ fn matrix_boot(tag: &str, nic: &str, disk: DiskModel) {
     eprintln!(
         "MATRIX nic={nic} disk={disk:?}: kernel->PID1 {k} ms, PID1->ready {r} ms (guest clock), wall {wall:.1} s"
     );
-    power_off(&mut q);
+    q.power_off().unwrap();
 }
 
 macro_rules! matrix {
@@ -166,7 +160,7 @@ fn no_nic_stays_up_lists_devices_and_gets_ready_after_hot_add() {
         &c[mark..]
     );
     health_ok(&ns, &backend_key(wd.path()).unwrap());
-    power_off(&mut q);
+    q.power_off().unwrap();
 }
 
 /// qemu-tests/test-image.toml as JSON (the SPA stanza's keys).
@@ -246,5 +240,5 @@ fn two_nics_uplink_chosen_by_mac_first_gets_nothing() {
     let (ok, rx) = ns.sh("cat /sys/class/net/tap0/statistics/rx_packets");
     assert!(ok, "{rx}");
     assert_eq!(rx.trim(), "0", "frames left the first NIC");
-    power_off(&mut q);
+    q.power_off().unwrap();
 }

@@ -72,12 +72,6 @@ fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     (p, public.trim().to_owned())
 }
 
-fn power_off(q: &mut Qemu) {
-    q.monitor("system_powerdown").unwrap();
-    let c = q.wait_exit(Duration::from_secs(90)).unwrap();
-    assert!(c.contains("gwos: powering off"), "{c}");
-}
-
 /// The disk's `state` partition mounted on the host while the guest is off.
 struct Offline {
     mnt: tempfile::TempDir,
@@ -157,7 +151,7 @@ fn f3_control_answers_health_while_vpn_fails() {
         !q.console_text().contains("gwos: ready "),
         "ready line printed while a required service is down"
     );
-    power_off(&mut q);
+    q.power_off().unwrap();
 }
 
 /// Review F10 on a real boot: a runtime key added over control is sealed
@@ -189,7 +183,7 @@ fn f10_offline_edits_refused() {
     let add = serde_json::json!({"key": reader_pub, "scopes": ["vpn:read"]}).to_string();
     let (ok, v, out) = ctl(&ns, &site, "control_key_add", &add);
     assert!(ok && v["ok"] == true, "control_key_add: {out}");
-    power_off(&mut q);
+    q.power_off().unwrap();
 
     let mut q = Qemu::start(&disk, direct_boot(&img, "").unwrap(), Some(&ns)).unwrap();
     q.wait_for("gwos: ready slot=A", BOOT).unwrap();
@@ -198,7 +192,7 @@ fn f10_offline_edits_refused() {
         ok && v["ok"] == true,
         "the sealed runtime key did not survive a reboot: {out}"
     );
-    power_off(&mut q);
+    q.power_off().unwrap();
 
     {
         let var = Offline::mount(&disk);
@@ -257,5 +251,5 @@ fn f10_offline_edits_refused() {
     assert_eq!(v["services"]["spa"], "ok", "{out}");
     assert_eq!(v["services"]["vpn"], "ok", "{out}");
     assert_eq!(v["services"]["tls-front"], "ok", "{out}");
-    power_off(&mut q);
+    q.power_off().unwrap();
 }
