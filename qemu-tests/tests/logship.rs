@@ -38,9 +38,20 @@ fn pki(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("ca.pem")).unwrap()
 }
 
+/// rsyslogd, killed when dropped (also when an assertion fails).
+struct Rsyslogd(Child);
+
+impl Drop for Rsyslogd {
+    fn drop(&mut self) {
+        // SIGTERM, so rsyslogd flushes its file as it stops.
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
 /// rsyslogd in the namespace, listening with TLS on 10.0.2.2:PORT, writing
 /// every raw message to `siem.log`.
-fn rsyslogd(ns: &NetNs, dir: &Path) -> Child {
+fn rsyslogd(ns: &NetNs, dir: &Path) -> Rsyslogd {
     let d = dir.display();
     std::fs::create_dir_all(dir.join("work")).unwrap();
     std::fs::write(
@@ -66,12 +77,7 @@ fn rsyslogd(ns: &NetNs, dir: &Path) -> Child {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    c
-}
-
-fn stop(mut c: Child) {
-    let _ = Command::new("kill").arg(c.id().to_string()).status();
-    let _ = c.wait();
+    Rsyslogd(c)
 }
 
 /// How many distinct `<prefix><n>` trace ids the SIEM has received.
@@ -165,7 +171,7 @@ fn logship_ships_rfc5424_over_tls_and_keeps_events_through_an_outage() {
         "no sequenceId: {rec}"
     );
 
-    stop(rs);
+    drop(rs);
     health_calls(&ns, &key, dir, "ls-down-", 20);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(received(dir, "ls-down-",), 0, "the SIEM was down");
@@ -176,7 +182,7 @@ fn logship_ships_rfc5424_over_tls_and_keeps_events_through_an_outage() {
         got, 20,
         "events made during the outage lost; health: {health}"
     );
-    stop(rs);
+    drop(rs);
 
     q.power_off().unwrap();
 }
