@@ -17,7 +17,7 @@ export GWOSD := $(abspath $(GWOSD))
 export GWOS_BIN := $(abspath $(GWOS))
 export GWOS_OUT := $(abspath $(OUT))
 
-.PHONY: deps kernel gwosd gwos image run test unit-test qemu-test bench fuzz clean repro-check lint
+.PHONY: deps kernel gwosd gwos image run test unit-test qemu-test soak bench fuzz clean repro-check lint
 
 deps:
 	@bash .ci/deps.sh
@@ -69,6 +69,11 @@ unit-test: deps gwosd gwos
 
 qemu-test: image
 	cargo test --locked -p gwos-qemu-tests -- --test-threads=1
+
+# Long soaks, not part of `make test`: power cuts at GWOS_SOAK_CUTS (default 20)
+# random points of an update (GWOS_SOAK_SEED repeats a run).
+soak: image
+	cargo test --locked -p gwos-qemu-tests --test update_power_cuts -- --ignored --test-threads=1 --nocapture
 
 # Side-by-side benchmarks against each service's anchor; writes docs/benchmarks.md.
 bench: image

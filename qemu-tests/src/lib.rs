@@ -13,6 +13,7 @@ pub mod gpt;
 pub mod netns;
 pub mod qemu;
 pub mod slot;
+pub mod update;
 
 pub use netns::NetNs;
 pub use qemu::{Boot, Qemu};

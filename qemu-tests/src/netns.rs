@@ -137,10 +137,28 @@ impl NetNs {
 
 /// The OpenSSH command line that calls control `cmd` on the guest from `src`.
 fn control_ssh(key: &std::path::Path, src: &str, cmd: &str) -> String {
-    format!(
-        "timeout 90 ssh -p 2222 -i {} -o BindAddress={src} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o LogLevel=ERROR -o ConnectTimeout=20 gwctl@10.0.2.15 {cmd}",
-        key.display()
-    )
+    format!("timeout 90 {}", control_ssh_argv(key, src, cmd).join(" "))
+}
+
+/// The OpenSSH client's argv for control `cmd` on the guest from `src`.
+pub(crate) fn control_ssh_argv(key: &std::path::Path, src: &str, cmd: &str) -> Vec<String> {
+    let mut v: Vec<String> = ["ssh", "-p", "2222", "-i"].map(String::from).to_vec();
+    v.push(key.display().to_string());
+    for o in [
+        format!("BindAddress={src}"),
+        "StrictHostKeyChecking=no".into(),
+        "UserKnownHostsFile=/dev/null".into(),
+        "BatchMode=yes".into(),
+        "IdentitiesOnly=yes".into(),
+        "LogLevel=ERROR".into(),
+        "ConnectTimeout=20".into(),
+    ] {
+        v.push("-o".into());
+        v.push(o);
+    }
+    v.push("gwctl@10.0.2.15".into());
+    v.push(cmd.into());
+    v
 }
 
 impl Drop for NetNs {
