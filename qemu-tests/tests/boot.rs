@@ -398,6 +398,53 @@ fn ns_sh(ns: &NetNs, script: &str) -> (bool, String) {
 }
 
 /// Whether a TCP connection from `src` to the guest's `port` is accepted (4 s bound).
+/// Round trips of `count` pings (0.5 s apart) from `ns` to `dst`.
+#[derive(Debug)]
+#[allow(dead_code)] // the fields are printed
+struct PingStats {
+    replies: usize,
+    loss_pct: f64,
+    median_ms: f64,
+    max_ms: f64,
+    /// Longest time between two consecutive replies.
+    max_gap_ms: f64,
+}
+
+fn ping_stats(ns: &NetNs, dst: &str, count: u32) -> (PingStats, String) {
+    let (_, out) = ns_sh(ns, &format!("ping -n -D -c {count} -i 0.5 -W 2 {dst}"));
+    // "[1764780000.123456] 64 bytes from …: icmp_seq=1 ttl=64 time=1.23 ms"
+    let mut at = Vec::new();
+    let mut rtt = Vec::new();
+    for l in out.lines().filter(|l| l.contains(" time=")) {
+        let t: f64 = l[1..l.find(']').unwrap()].parse().unwrap();
+        let ms: f64 = l
+            .rsplit("time=")
+            .next()
+            .unwrap()
+            .trim_end_matches(" ms")
+            .parse()
+            .unwrap();
+        at.push(t);
+        rtt.push(ms);
+    }
+    rtt.sort_by(f64::total_cmp);
+    let gap = at
+        .windows(2)
+        .map(|w| (w[1] - w[0]) * 1000.0)
+        .fold(0.0, f64::max);
+    let n = rtt.len();
+    (
+        PingStats {
+            replies: n,
+            loss_pct: 100.0 * (count as f64 - n as f64) / count as f64,
+            median_ms: if n > 0 { rtt[n / 2] } else { f64::NAN },
+            max_ms: rtt.last().copied().unwrap_or(f64::NAN),
+            max_gap_ms: if n > 1 { gap } else { f64::INFINITY },
+        },
+        out,
+    )
+}
+
 fn tcp_open(ns: &NetNs, src: &str, port: u16) -> bool {
     ns_sh(
         ns,
@@ -825,6 +872,85 @@ fn vpn_user_through_knock_tls_and_tunnel() {
     );
     let status = ctl("vpn_status", serde_json::json!({}));
     assert!(status.to_string().contains("\"bob\""), "{status}");
+
+    // A replay flood (review F2): one knock made by the real fwknop client,
+    // sent 1,000 times a second for 30 s from the user's site. The tunnel
+    // (tls-front + vpn) keeps carrying pings with no stall, the console gets
+    // a bounded summary, and the knocks are counted in the spool.
+    let (pings_before, _) = ping_stats(&site, "10.0.2.60", 20);
+    let pkt = wd.path().join("knock.spa");
+    let fw_home = wd.path().join("fwhome");
+    std::fs::create_dir_all(&fw_home).unwrap();
+    let (ok, out) = ns_sh(
+        &site,
+        &format!(
+            "HOME={} fwknop --no-rc-file --no-save-args --test -A tcp/443 -a 192.168.77.2 -D 10.0.2.15 -U alice --key-base64-rijndael {} --key-base64-hmac {} --use-hmac --save-packet {}",
+            fw_home.display(),
+            user["key_base64"].as_str().unwrap(),
+            user["hmac_key_base64"].as_str().unwrap(),
+            pkt.display()
+        ),
+    );
+    assert!(ok && pkt.exists(), "fwknop --save-packet: {out}");
+    let console_before = q.console_text().len();
+    let flooder = std::process::Command::new("ip")
+        .args(["netns", "exec", &site.name, "python3", "-c"])
+        .arg(
+            "import socket,sys,time\n\
+             p=open(sys.argv[1],'rb').read().strip()\n\
+             s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             t0=time.monotonic();n=0\n\
+             while True:\n\
+             \x20e=time.monotonic()-t0\n\
+             \x20if e>=30: break\n\
+             \x20while n<e*1000:\n\
+             \x20\x20s.sendto(p,('10.0.2.15',62201));n+=1\n\
+             \x20time.sleep(0.002)\n\
+             print(n)\n",
+        )
+        .arg(&pkt)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (pings_during, raw) = ping_stats(&site, "10.0.2.60", 50);
+    let sent: u64 = String::from_utf8_lossy(&flooder.wait_with_output().unwrap().stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let flood_console = q.console_text()[console_before..].to_string();
+    let flood_lines = flood_console.lines().count();
+    eprintln!(
+        "replay flood: {sent} knocks in 30 s; tunnel ping before {pings_before:?}, during {pings_during:?}; \
+         console lines during the flood: {flood_lines}"
+    );
+    assert!(sent >= 25_000, "the flood sent only {sent} packets");
+    assert!(
+        pings_during.loss_pct <= 10.0 && pings_during.max_gap_ms < 3000.0,
+        "the tunnel stalled during the flood: {pings_during:?}\n{raw}"
+    );
+    assert!(
+        flood_lines <= 60,
+        "the console was flooded ({flood_lines} lines in 30 s):\n{flood_console}"
+    );
+    let logs = ctl(
+        "pull_logs",
+        serde_json::json!({"service": "spa", "since": 0, "limit": 10000}),
+    );
+    let mut seen = 0u64;
+    for r in logs["records"].as_array().unwrap() {
+        let kind = r["kind"].as_str().unwrap_or("");
+        if kind == "spa.suppressed" {
+            seen += r["suppressed"].as_u64().unwrap_or(0);
+        } else if kind == "spa.replay" || kind == "spa.deny" || kind == "spa.permit" {
+            seen += 1;
+        }
+    }
+    eprintln!("replay flood: the spool accounts for {seen} of the {sent} knocks");
+    assert!(
+        seen >= sent / 2,
+        "most of the flood never reached the SPA service ({seen} of {sent}): {logs}"
+    );
 
     // DNS stays in the tunnel: a real dnsmasq on the internal host 10.0.2.60 is
     // the site's resolver (config_set dns, applied at once); it resolves a name
