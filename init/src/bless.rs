@@ -31,8 +31,9 @@ const VAR: &str =
 const ESP_MNT: &str = "/run/gwos-esp";
 /// Why the last trial boot was not blessed (kept on /var).
 pub const LAST_BAD: &str = "/var/lib/gwos/boot/last_bad.json";
-/// The boot's state for the update service and control (world-readable).
-pub const STATUS_FILE: &str = "boot.json";
+/// The boot's state for the update service and control (world-readable),
+/// in the run directory under the name its readers expect.
+pub use gwos_core::boot_status::FILE_NAME as STATUS_FILE;
 
 /// Site config `[boot]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

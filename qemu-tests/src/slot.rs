@@ -69,6 +69,37 @@ pub fn build_variant(name: &str, edit: impl FnOnce(&mut toml::Table)) -> Result<
     Ok(out)
 }
 
+/// A variant that is release `version` named `version_id` (with `floor`, if
+/// given, as its security floor), blessing after 5 s of healthy services;
+/// `edit` changes more.
+pub fn build_release(
+    name: &str,
+    version: i64,
+    version_id: &str,
+    floor: Option<i64>,
+    edit: impl FnOnce(&mut toml::Table),
+) -> Result<PathBuf> {
+    build_variant(name, |c| {
+        set(c, &["image"], "version", toml::Value::Integer(version));
+        set(
+            c,
+            &["image"],
+            "version_id",
+            toml::Value::String(version_id.into()),
+        );
+        if let Some(f) = floor {
+            set(c, &["image"], "security_floor", toml::Value::Integer(f));
+        }
+        set(
+            c,
+            &["site", "boot"],
+            "bless_after_secs",
+            toml::Value::Integer(5),
+        );
+        edit(c);
+    })
+}
+
 /// Sets `[table] key = value` in a config table (creating the table).
 pub fn set(cfg: &mut toml::Table, table: &[&str], key: &str, value: toml::Value) {
     let mut t = cfg;

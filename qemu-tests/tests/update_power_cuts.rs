@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gwos_qemu_tests::slot::{build_variant, esp_ukis, set, stored_floor};
+use gwos_qemu_tests::slot::{build_release, esp_ukis, stored_floor};
 use gwos_qemu_tests::update::{update_apply, Cut, Rng};
 use gwos_qemu_tests::{backend_key, copy_image, gwos_bin, out_dir, test_image, Boot, NetNs, Qemu};
 use serde_json::Value;
@@ -35,24 +35,16 @@ struct Rig {
     _wd: tempfile::TempDir,
 }
 
-fn int(v: i64) -> toml::Value {
-    toml::Value::Integer(v)
-}
-
+/// The v2 bundle, built once per test process (tests may run side by side).
 fn v2_bundle() -> PathBuf {
-    let v2 = build_variant("v2-apply", |c| {
-        set(c, &["image"], "version", int(2));
-        set(
-            c,
-            &["image"],
-            "version_id",
-            toml::Value::String("0.2.0".into()),
-        );
-        set(c, &["image"], "security_floor", int(2));
-        set(c, &["site", "boot"], "bless_after_secs", int(5));
-    })
-    .unwrap();
-    v2.join("gwos-0.2.0.update")
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            build_release("v2-apply", 2, "0.2.0", Some(2), |_| {})
+                .unwrap()
+                .join("gwos-0.2.0.update")
+        })
+        .clone()
 }
 
 /// `gwos inspect`: the header length and the parts, checking the signature.
@@ -380,19 +372,32 @@ fn update_power_cuts_at_chosen_points() {
         "{c}"
     );
     r.blessed();
-    let ans = r.apply_ok();
-    assert_eq!(ans["slot"], "A", "{ans}");
+    // The same release again is refused (its trial would never be tried), A untouched.
+    let a = r.apply(None);
+    let ans = a.answer.unwrap();
+    assert_eq!(ans["ok"], false, "{ans}");
+    assert!(
+        ans.to_string()
+            .contains("not newer than the running release 0.2.0 (version 2)"),
+        "{ans}"
+    );
     r.q().power_off().unwrap();
     r.q = None;
+    assert_eq!(r.esp(), ["gwos-0.1.0-a.efi", "gwos-0.2.0-b.efi"]);
+    r.q = None;
     assert_eq!(stored_floor(&r.disk).unwrap(), 2);
-    eprintln!("power-cut chain: {cuts} cuts, every boot a good signed slot, retried update ok");
+    eprintln!(
+        "power-cut chain: {cuts} cuts, every boot a good signed slot; the apply after each stream/slot cut went further, and the one after the rename cut was blessed"
+    );
     assert_eq!(cuts, 10);
 }
 
 /// `GWOS_SOAK_CUTS` (default 20) cuts at random delays into an apply (from
-/// the first byte to a few seconds after the answer). After each, the
-/// gateway boots by itself: the previous slot, or the new one on trial,
-/// which must then be blessed; and a retried update succeeds.
+/// the first byte to 3 s after the answer). The bundle is always the release
+/// after the running one (built when first needed: v2, v3, …), so a cut
+/// after the UKI's rename boots the new release on trial, which must then
+/// be blessed. After each cut the gateway boots by itself, and a retried
+/// update succeeds.
 #[test]
 #[ignore = "power-cut soak (40+ OVMF boots); run by `make soak`"]
 fn update_power_cuts_at_random_points() {
@@ -402,15 +407,33 @@ fn update_power_cuts_at_random_points() {
         .unwrap_or(20);
     let mut rng = Rng::from_env();
     let mut r = Rig::new("soak");
+    let mut built: std::collections::BTreeMap<i64, PathBuf> = Default::default();
+    let mut release = |v: i64| -> PathBuf {
+        built
+            .entry(v)
+            .or_insert_with(|| {
+                let id = format!("0.{v}.0");
+                build_release(&format!("soak-v{v}"), v, &id, Some(2), |_| {})
+                    .unwrap()
+                    .join(format!("gwos-{id}.update"))
+            })
+            .clone()
+    };
+    let running_of =
+        |version_id: &str| -> i64 { version_id.split('.').nth(1).unwrap().parse().unwrap() };
     r.power_on();
-    r.ready();
+    let (_, version, _) = r.ready();
+    let mut running = running_of(&version);
     // The full apply's time bounds the random delays.
+    r.bundle = release(running + 1);
     let t0 = std::time::Instant::now();
     r.apply_ok();
     let span = t0.elapsed().as_millis() as u64 + 3000;
     eprintln!("full apply: {} ms; cuts in [0, {span}) ms", span - 3000);
     let mut phases: std::collections::BTreeMap<String, u32> = Default::default();
+    let mut upgrades = 0;
     for i in 1..=n {
+        r.bundle = release(running + 1);
         let d = Duration::from_millis(rng.below(span));
         let a = r.apply(Some(Cut::After(d)));
         let phase = if a.cut {
@@ -419,6 +442,8 @@ fn update_power_cuts_at_random_points() {
                 .cloned()
                 .unwrap_or_else(|| "(in the header)".into())
         } else {
+            let ans = a.answer.unwrap();
+            assert_eq!(ans["ok"], true, "{ans}");
             // Finished first: the cut lands after the answer.
             drop(r.q.take());
             "after the answer".into()
@@ -436,13 +461,25 @@ fn update_power_cuts_at_random_points() {
         r.power_on();
         let (slot, version, c) = r.ready();
         let trial = c.contains("gwos: trial boot of ");
-        eprintln!("cut {i}/{n} at {d:?} ({phase}): ESP {esp:?}; booted slot {slot} {version} trial={trial}");
+        eprintln!(
+            "cut {i}/{n} at {d:?} ({phase}): ESP {esp:?}; booted slot {slot} {version} trial={trial}"
+        );
+        let now = running_of(&version);
+        assert!(
+            now == running || (now == running + 1 && trial),
+            "booted {version} after running 0.{running}.0"
+        );
         if trial {
             r.blessed();
+            upgrades += 1;
         }
+        running = now;
+        r.bundle = release(running + 1);
         let ans = r.apply_ok();
         assert_ne!(ans["slot"], slot.as_str(), "{ans}");
     }
     r.q().power_off().unwrap();
-    eprintln!("random power cuts: {n} cuts, all recovered; phases {phases:?}");
+    eprintln!(
+        "random power cuts: {n} cuts, all recovered ({upgrades} booted the new release on trial and blessed it); phases {phases:?}"
+    );
 }

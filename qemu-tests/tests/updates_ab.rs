@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use gwos_qemu_tests::slot::{
-    build_variant, esp_ukis, install_slot_b, set, state_file, stored_floor,
+    build_release, esp_ukis, install_slot_b, set, state_file, stored_floor,
 };
 use gwos_qemu_tests::{copy_image, direct_boot, out_dir, test_image, Boot, Qemu};
 
@@ -45,18 +45,7 @@ fn line_with<'a>(console: &'a str, pat: &str) -> &'a str {
 #[test]
 fn ab_trial_boot_blessed_after_window_raises_floor() {
     let v1 = test_image().unwrap();
-    let v2 = build_variant("v2", |c| {
-        set(c, &["image"], "version", int(2));
-        set(
-            c,
-            &["image"],
-            "version_id",
-            toml::Value::String("0.2.0".into()),
-        );
-        set(c, &["image"], "security_floor", int(2));
-        set(c, &["site", "boot"], "bless_after_secs", int(5));
-    })
-    .unwrap();
+    let v2 = build_release("v2", 2, "0.2.0", Some(2), |_| {}).unwrap();
     let wd = workdir();
     let disk = copy_image(&v1.join("gwos.img"), wd.path()).unwrap();
     let trial = install_slot_b(&disk, &v2, 3).unwrap();
@@ -144,15 +133,7 @@ fn ab_trial_boot_blessed_after_window_raises_floor() {
 #[test]
 fn ab_rollback_unhealthy_trial_boots_previous_slot() {
     let v1 = test_image().unwrap();
-    let v3 = build_variant("v3-unhealthy", |c| {
-        set(c, &["image"], "version", int(3));
-        set(
-            c,
-            &["image"],
-            "version_id",
-            toml::Value::String("0.3.0".into()),
-        );
-        set(c, &["site", "boot"], "bless_after_secs", int(5));
+    let v3 = build_release("v3-unhealthy", 3, "0.3.0", None, |c| {
         set(c, &["site", "boot"], "bless_deadline_secs", int(90));
         // Valid config, but not an address of the gateway: control's bind fails at run time.
         set(
@@ -265,18 +246,7 @@ fn ab_rollback_unhealthy_trial_boots_previous_slot() {
 #[test]
 fn ab_power_cut_during_trial_boot_costs_only_the_trial_a_try() {
     let v1 = test_image().unwrap();
-    let v2 = build_variant("v2-cut", |c| {
-        set(c, &["image"], "version", int(2));
-        set(
-            c,
-            &["image"],
-            "version_id",
-            toml::Value::String("0.2.0".into()),
-        );
-        set(c, &["image"], "security_floor", int(2));
-        set(c, &["site", "boot"], "bless_after_secs", int(5));
-    })
-    .unwrap();
+    let v2 = build_release("v2-cut", 2, "0.2.0", Some(2), |_| {}).unwrap();
     let wd = workdir();
     let disk = copy_image(&v1.join("gwos.img"), wd.path()).unwrap();
     install_slot_b(&disk, &v2, 3).unwrap();

@@ -9,7 +9,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// Where PID 1 publishes it.
+/// Its file name in PID 1's run directory.
+pub const FILE_NAME: &str = "boot.json";
+/// Where PID 1 publishes it (`/run/gwos/` + [`FILE_NAME`]).
 pub const BOOT_JSON: &str = "/run/gwos/boot.json";
 
 /// Why a trial boot was not blessed (`/var/lib/gwos/boot/last_bad.json`).
@@ -52,6 +54,14 @@ impl BootStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_json_is_the_file_name_in_run_gwos() {
+        assert_eq!(
+            std::path::Path::new(BOOT_JSON),
+            std::path::Path::new(crate::context::RUN_DIR).join(FILE_NAME)
+        );
+    }
 
     #[test]
     fn what_pid1_writes_parses_and_unknown_fields_are_refused() {

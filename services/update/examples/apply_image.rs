@@ -14,7 +14,9 @@ fn main() -> anyhow::Result<()> {
     let keys = gwos_signing::load_dir(std::path::Path::new(&a[3]))?;
     let boot = gwos_update::boot::BootInfo {
         slot: a.get(5).cloned().unwrap_or_else(|| "A".into()),
-        version: 1,
+        // Version 0: any bundle is newer (the bench measures the writer, and
+        // applies the image's own v1 bundle).
+        version: 0,
         version_id: "running".into(),
         security_floor: a.get(6).map(|f| f.parse()).transpose()?.unwrap_or(0),
         trial: false,

@@ -56,6 +56,15 @@ pub enum ApplyError {
         slot: &'static str,
         other: &'static str,
     },
+    /// systemd-boot boots the entry with the newest version first, so a
+    /// trial of the running release or an older one would never be tried.
+    #[error("bundle {version_id} (version {version}) is not newer than the running release {running_id} (version {running}): systemd-boot boots the newest entry first and would never try it; nothing was written")]
+    NotNewer {
+        version: u64,
+        version_id: String,
+        running: u64,
+        running_id: String,
+    },
     #[error("not enough space on the state partition to spool the bundle: need {need} bytes, {free} free")]
     NoSpace { need: u64, free: u64 },
     #[error("reading back slot {slot}: {what}; the slot is left without a boot entry")]
@@ -109,6 +118,14 @@ pub fn apply(
     let mut r = BufReader::with_capacity(1 << 20, input);
     let h = bundle::read_header(&mut r, env.keys)?;
     h.check_target(&target(env, inactive))?;
+    if h.header.version <= env.boot.version {
+        return Err(ApplyError::NotNewer {
+            version: h.header.version,
+            version_id: h.header.version_id.clone(),
+            running: env.boot.version,
+            running_id: env.boot.version_id.clone(),
+        });
+    }
     progress(format!(
         "bundle {} (version {}, floor {}) signed by {}: header verified; writing slot {}",
         h.header.version_id,

@@ -184,6 +184,31 @@ fn bundle_below_the_floor_is_refused_untouched_and_names_the_floor() {
     assert!(e.to_string().contains("security floor 2"), "{e}");
 }
 
+/// A trial of the running release (or an older one, above the floor) would
+/// sort below the running entry in systemd-boot and never be tried.
+#[test]
+fn bundle_not_newer_than_the_running_release_is_refused_untouched() {
+    let fx = Fixture::new();
+    let same = fx.bundle(&fx.key, 1, 1, "0.1.0");
+    let e = fx.refused(&same, &running_a(1));
+    assert!(
+        matches!(
+            e,
+            ApplyError::NotNewer {
+                version: 1,
+                running: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("not newer than the running release 0.1.0 (version 1)"),
+        "{e}"
+    );
+}
+
 #[test]
 fn bundle_for_another_layout_is_refused_untouched() {
     let fx = Fixture::new();
