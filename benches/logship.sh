@@ -11,8 +11,11 @@ cd "$(dirname "$0")/.."
 N=${N:-50000}
 OUTDIR=${GWOS_OUT:-out}
 PROFILE=${PROFILE:-release}  # PROFILE=debug: the debug build (quick, slower)
-if [ "$PROFILE" = release ]; then cargo build -q --release -p gwos-init --bin gwosd; else cargo build -q -p gwos-init --bin gwosd; fi
-GWOSD=$PWD/target/$PROFILE/gwosd
+# release: the gateway's own static binary from `make gwosd` when it is there.
+STATIC=target/x86_64-unknown-linux-gnu/release/gwosd
+if [ "$PROFILE" = release ] && [ -x "$STATIC" ]; then GWOSD=$PWD/$STATIC
+elif [ "$PROFILE" = release ]; then cargo build -q --release -p gwos-init --bin gwosd; GWOSD=$PWD/target/release/gwosd
+else cargo build -q -p gwos-init --bin gwosd; GWOSD=$PWD/target/debug/gwosd; fi
 T=$(mktemp -d); PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; rm -rf $T' EXIT
 cd $T
